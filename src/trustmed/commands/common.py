@@ -1,0 +1,60 @@
+"""Options every command shares, and the handler that turns bad input into exit code 2."""
+
+from __future__ import annotations
+
+import functools
+import logging
+import sys
+from collections.abc import Callable
+from pathlib import Path
+from typing import Annotated, Any, TypeVar
+
+import typer
+
+from trustmed.errors import InputError
+from trustmed.progress import set_quiet
+
+__all__ = ["ConfigOpt", "SetOpt", "OutOpt", "SeedOpt", "QuietOpt", "cli_command", "console", "load"]
+
+ConfigOpt = Annotated[Path | None, typer.Option("--config", "-c", help="YAML config file.")]
+SetOpt = Annotated[
+    list[str] | None, typer.Option("--set", help="Override a config key: --set train.epochs=5 (repeatable).")
+]
+OutOpt = Annotated[Path, typer.Option("--out", "-o", help="Output directory.")]
+SeedOpt = Annotated[int | None, typer.Option("--seed", help="Random seed (overrides the config's seed).")]
+QuietOpt = Annotated[bool, typer.Option("--quiet", "-q", help="No progress bars.")]
+
+F = TypeVar("F", bound=Callable[..., Any])
+
+
+def console():
+    from rich.console import Console
+
+    return Console(stderr=False, soft_wrap=True)
+
+
+def load(config_cls, config: Path | None, overrides: list[str] | None, seed: int | None = None):
+    """Load a command's config; ``--seed`` wins over the file's ``seed`` key."""
+    from trustmed.config import load_config
+
+    sets = list(overrides or [])
+    if seed is not None:
+        sets.append(f"seed={seed}")
+    return load_config(config_cls, config, sets)
+
+
+def cli_command(func: F) -> F:
+    """Run a command body: ``InputError`` becomes one line on stderr and exit code 2."""
+
+    @functools.wraps(func)
+    def wrapper(*args, **kwargs):
+        if kwargs.get("quiet"):
+            set_quiet(True)
+        logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+        try:
+            return func(*args, **kwargs)
+        except InputError as exc:
+            sys.stderr.write(f"error: {exc}\n")
+            raise typer.Exit(code=2) from None
+
+    return wrapper  # type: ignore[return-value]
