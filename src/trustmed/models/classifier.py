@@ -73,7 +73,8 @@ def _tiny_cnn(spec: ModelSpec) -> tuple[nn.Module, int]:
     w = spec.width
 
     def block(cin: int, cout: int) -> list[nn.Module]:
-        return [nn.Conv2d(cin, cout, 3, padding=1), nn.BatchNorm2d(cout), nn.ReLU(inplace=True), nn.MaxPool2d(2)]
+        conv = nn.Conv2d(cin, cout, 3, padding=1)
+        return [conv, nn.BatchNorm2d(cout), nn.ReLU(inplace=True), nn.MaxPool2d(2)]
 
     layers = [*block(spec.in_channels, w), *block(w, 2 * w), *block(2 * w, 4 * w)]
     layers += [nn.AdaptiveAvgPool2d(1), nn.Flatten()]
