@@ -1,0 +1,1 @@
+"""Metrics: classification fairness (with bootstrap CIs), robustness, grounding and causal metrics."""
