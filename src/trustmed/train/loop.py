@@ -19,8 +19,10 @@ True
 from __future__ import annotations
 
 import copy
+import io
 import json
 import logging
+import shutil
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
@@ -30,6 +32,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from trustmed.io import atomic_write_bytes, atomic_write_text
 from trustmed.progress import track
 
 __all__ = ["FitResult", "fit", "predict", "make_accelerator"]
@@ -40,13 +43,20 @@ log = logging.getLogger(__name__)
 def make_accelerator(mixed_precision: str = "no", cpu: bool = False):
     """An ``accelerate.Accelerator``; ``mixed_precision="auto"`` picks bf16/fp16 on a GPU, none on CPU."""
     from accelerate import Accelerator
+    from accelerate.utils import DataLoaderConfiguration
 
     if mixed_precision == "auto":
         if torch.cuda.is_available() and not cpu:
             mixed_precision = "bf16" if torch.cuda.is_bf16_supported() else "fp16"
         else:
             mixed_precision = "no"
-    return Accelerator(mixed_precision=mixed_precision, cpu=cpu)
+    # A seedable sampler shuffles each epoch from (seed, epoch), so a resumed run sees the same
+    # batches as an uninterrupted one.
+    return Accelerator(
+        mixed_precision=mixed_precision,
+        cpu=cpu,
+        dataloader_config=DataLoaderConfiguration(use_seedable_sampler=True),
+    )
 
 
 @dataclass
@@ -74,6 +84,35 @@ def _batch_size(batch: Any) -> int:
 
 def _state_path(checkpoint_dir: Path) -> Path:
     return checkpoint_dir / "loop_state.json"
+
+
+def _save_checkpoint(accelerator, ckpt: Path, epoch: int, best_state, result: FitResult) -> None:
+    """Save the loop state so that a kill at any instant leaves a loadable checkpoint.
+
+    The state goes to a new ``epoch_<n>`` folder; only then is ``loop_state.json`` atomically
+    pointed at it, and older folders are removed. ``best.pt`` is replaced atomically too.
+    """
+    state_dir = f"epoch_{epoch:04d}"
+    accelerator.save_state(str(ckpt / state_dir))
+    if not accelerator.is_main_process:
+        return
+    if best_state is not None:
+        buffer = io.BytesIO()
+        torch.save(best_state, buffer)
+        atomic_write_bytes(ckpt / "best.pt", buffer.getvalue())
+    state = {
+        "epoch": epoch,
+        "state_dir": state_dir,
+        "history": result.history,
+        "best_epoch": result.best_epoch,
+        "best_score": result.best_score,
+        "samples_seen": result.samples_seen,
+        "parameter_updates": result.parameter_updates,
+    }
+    atomic_write_text(_state_path(ckpt), json.dumps(state))
+    for old in ckpt.glob("epoch_*"):
+        if old.name != state_dir:
+            shutil.rmtree(old, ignore_errors=True)
 
 
 def fit(
@@ -112,6 +151,8 @@ def fit(
         raise ValueError(f"mode must be 'max' or 'min', got {mode!r}")
     accelerator = accelerator or make_accelerator()
     model, optimizer, loader = accelerator.prepare(model, optimizer, loader)
+    if scheduler is not None:
+        scheduler = accelerator.prepare(scheduler)
     for obj in stateful or []:
         accelerator.register_for_checkpointing(obj)
     result = FitResult()
@@ -119,8 +160,8 @@ def fit(
     best_state: dict[str, torch.Tensor] | None = None
     ckpt = Path(checkpoint_dir) if checkpoint_dir is not None else None
     if resume and ckpt is not None and _state_path(ckpt).is_file():
-        accelerator.load_state(str(ckpt / "last"))
         saved = json.loads(_state_path(ckpt).read_text())
+        accelerator.load_state(str(ckpt / saved["state_dir"]))
         start_epoch = saved["epoch"]
         result.history = saved["history"]
         result.best_epoch, result.best_score = saved["best_epoch"], saved["best_score"]
@@ -132,6 +173,8 @@ def fit(
     t0 = time.perf_counter()
     for epoch in track(range(start_epoch, epochs), description=description, total=epochs - start_epoch):
         model.train()
+        if hasattr(loader, "set_epoch"):
+            loader.set_epoch(epoch)
         total, count = 0.0, 0
         for batch in loader:
             optimizer.zero_grad(set_to_none=True)
@@ -162,19 +205,8 @@ def fit(
             if better and score == score:  # NaN never wins
                 result.best_score, result.best_epoch = score, epoch + 1
                 best_state = copy.deepcopy(accelerator.unwrap_model(model).state_dict())
-        if ckpt is not None and accelerator.is_main_process:
-            accelerator.save_state(str(ckpt / "last"))
-            if best_state is not None:
-                torch.save(best_state, ckpt / "best.pt")
-            state = {
-                "epoch": epoch + 1,
-                "history": result.history,
-                "best_epoch": result.best_epoch,
-                "best_score": result.best_score,
-                "samples_seen": result.samples_seen,
-                "parameter_updates": result.parameter_updates,
-            }
-            _state_path(ckpt).write_text(json.dumps(state))
+        if ckpt is not None:
+            _save_checkpoint(accelerator, ckpt, epoch + 1, best_state, result)
     accelerator.wait_for_everyone()
     unwrapped = accelerator.unwrap_model(model)
     if best_state is not None:
