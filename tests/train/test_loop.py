@@ -12,8 +12,9 @@ def _problem(seed=0):
     x = torch.randn(96, 4)
     y = (x[:, 0] + 0.5 * x[:, 1] > 0).float()
     model = torch.nn.Sequential(torch.nn.Linear(4, 8), torch.nn.ReLU(), torch.nn.Linear(8, 1))
-    loader = DataLoader(TensorDataset(x, y), batch_size=16, shuffle=True,
-                        generator=torch.Generator().manual_seed(seed))
+    loader = DataLoader(
+        TensorDataset(x, y), batch_size=16, shuffle=True, generator=torch.Generator().manual_seed(seed)
+    )
     return model, loader
 
 

@@ -24,8 +24,15 @@ def _env():
 
 
 def _run(args, **kw):
-    return subprocess.run([sys.executable, str(SCRIPT), *map(str, args)], env=_env(), check=True,
-                          capture_output=True, text=True, timeout=240, **kw)
+    return subprocess.run(
+        [sys.executable, str(SCRIPT), *map(str, args)],
+        env=_env(),
+        check=True,
+        capture_output=True,
+        text=True,
+        timeout=240,
+        **kw,
+    )
 
 
 def _result(out):
@@ -37,9 +44,24 @@ def test_two_processes_match_one(tmp_path):
     single, multi = tmp_path / "single", tmp_path / "multi"
     _run([single, 3, 32])
     subprocess.run(
-        [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", "29517",
-         str(SCRIPT), str(multi), "3", "16"],
-        env=_env(), check=True, capture_output=True, text=True, timeout=240,
+        [
+            sys.executable,
+            "-m",
+            "torch.distributed.run",
+            "--nproc_per_node",
+            "2",
+            "--master_port",
+            "29517",
+            str(SCRIPT),
+            str(multi),
+            "3",
+            "16",
+        ],
+        env=_env(),
+        check=True,
+        capture_output=True,
+        text=True,
+        timeout=240,
     )
     one, two = _result(single), _result(multi)
     assert two["world_size"] == 2 and one["world_size"] == 1
@@ -55,8 +77,12 @@ def test_two_processes_match_one(tmp_path):
 def test_sigkill_then_resume_matches_uninterrupted(tmp_path):
     reference, crashed = tmp_path / "ref", tmp_path / "crash"
     _run([reference, 6, 32])
-    proc = subprocess.Popen([sys.executable, str(SCRIPT), str(crashed), "6", "32", "--sleep", "0.05"], env=_env(),
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    proc = subprocess.Popen(
+        [sys.executable, str(SCRIPT), str(crashed), "6", "32", "--sleep", "0.05"],
+        env=_env(),
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
     state = crashed / "ckpt" / "loop_state.json"
     deadline = time.time() + 180
     while time.time() < deadline:

@@ -36,18 +36,35 @@ def main() -> None:
         return torch.nn.functional.binary_cross_entropy_with_logits(m(b[0]).squeeze(1), b[1])
 
     def evaluate(m):
-        out_ = predict(m, val_loader, lambda mm, b: {"s": mm(b[0]).squeeze(1), "i": b[2]}, accelerator=accelerator)
+        out_ = predict(
+            m, val_loader, lambda mm, b: {"s": mm(b[0]).squeeze(1), "i": b[2]}, accelerator=accelerator
+        )
         acc = ((out_["s"] > 0).float() == y_val[out_["i"].long()]).float().mean()
         return {"val_acc": float(acc)}
 
     opt = torch.optim.SGD(model.parameters(), lr=0.2, momentum=0.9)
-    fit(model, opt, loader, loss_fn, epochs=epochs, accelerator=accelerator, evaluate=evaluate,
-        checkpoint_dir=out / "ckpt", resume=resume)
-    preds = predict(model, val_loader, lambda mm, b: {"s": mm(b[0]).squeeze(1), "i": b[2]}, accelerator=accelerator)
+    fit(
+        model,
+        opt,
+        loader,
+        loss_fn,
+        epochs=epochs,
+        accelerator=accelerator,
+        evaluate=evaluate,
+        checkpoint_dir=out / "ckpt",
+        resume=resume,
+    )
+    preds = predict(
+        model, val_loader, lambda mm, b: {"s": mm(b[0]).squeeze(1), "i": b[2]}, accelerator=accelerator
+    )
     if accelerator.is_main_process:
         weights = {k: v.tolist() for k, v in accelerator.unwrap_model(model).state_dict().items()}
-        result = {"ids": preds["i"].long().tolist(), "scores": preds["s"].tolist(), "weights": weights,
-                  "world_size": accelerator.num_processes}
+        result = {
+            "ids": preds["i"].long().tolist(),
+            "scores": preds["s"].tolist(),
+            "weights": weights,
+            "world_size": accelerator.num_processes,
+        }
         (out / "result.json").write_text(json.dumps(result))
 
 
