@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import functools
 import logging
+import signal
 import sys
 from collections.abc import Callable
 from pathlib import Path
@@ -43,6 +44,10 @@ def load(config_cls, config: Path | None, overrides: list[str] | None, seed: int
     return load_config(config_cls, config, sets)
 
 
+def _exit_on_sigterm(signum, frame) -> None:
+    raise SystemExit(128 + signum)
+
+
 def cli_command(func: F) -> F:
     """Run a command body: ``InputError`` becomes one line on stderr and exit code 2."""
 
@@ -51,6 +56,8 @@ def cli_command(func: F) -> F:
         if kwargs.get("quiet"):
             set_quiet(True)
         logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+        # SIGTERM unwinds like Ctrl-C, so staged (temporary) outputs are removed on the way out.
+        signal.signal(signal.SIGTERM, _exit_on_sigterm)
         try:
             return func(*args, **kwargs)
         except InputError as exc:
