@@ -1,0 +1,401 @@
+"""ERM training of a binary image classifier from a config, and predictions from checkpoints.
+
+Empirical risk minimisation (Vapnik, "Principles of Risk Minimization for Learning Theory",
+NeurIPS 1991) with binary cross-entropy, optionally class-weighted, through the shared loop
+(:func:`trustmed.train.fit`, Accelerate). The epoch with the best validation AUC is kept. A run
+writes into ``out_dir``:
+
+* ``model.safetensors`` + ``model.json`` — weights, the :class:`~trustmed.models.ModelSpec`, the
+  config and training metadata (epochs, wall time, samples seen, best epoch);
+* ``predictions_<split>.csv`` for every split — ``sample_id, label, score, <attributes>,
+  patient_id, split`` with ``score`` the sigmoid probability;
+* ``history.json`` — per-epoch train loss and validation AUC/loss.
+
+The loop state is saved after every epoch in a ``checkpoints`` folder (``out_dir/checkpoints`` by
+default); ``resume=True`` continues from it and ends with the same weights as an uninterrupted run.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+import numpy as np
+import pandas as pd
+import torch
+from pydantic import Field, model_validator
+
+from trustmed.config import Config
+from trustmed.data import load_dataset
+from trustmed.data.images import make_loader
+from trustmed.errors import InputError
+from trustmed.io import write_json
+from trustmed.models import Classifier, ModelSpec, build_model, load_checkpoint, save_checkpoint
+from trustmed.train.loop import FitResult, fit, make_accelerator, predict
+from trustmed.utils import seed_everything
+
+__all__ = [
+    "DataSection",
+    "OptimSection",
+    "TrainConfig",
+    "TrainResult",
+    "predict_scores",
+    "prediction_table",
+    "predictions_for_checkpoint",
+    "train_classifier",
+]
+
+log = logging.getLogger(__name__)
+
+DEFAULT_ATTRIBUTES = ("skin_tone", "fitzpatrick", "sex", "age_bin")
+
+
+class DataSection(Config):
+    """Which dataset to read and how to feed it."""
+
+    dataset: str = "fitzpatrick17k"
+    root: Path = Path("runs/synthskin")
+    options: dict[str, Any] = {}
+    image_size: int = Field(32, ge=8)
+    channels: Literal[1, 3] = 3
+    batch_size: int = Field(64, ge=1)
+    augment: bool = True
+    cache: bool | Literal["auto"] = "auto"
+    num_workers: int = Field(0, ge=0)
+    attributes: list[str] = list(DEFAULT_ATTRIBUTES)
+    train_split: str = "train"
+    val_split: str = "val"
+
+
+class OptimSection(Config):
+    """Optimiser and schedule."""
+
+    name: Literal["adam", "adamw", "sgd"] = "adam"
+    lr: float = Field(2e-3, gt=0)
+    weight_decay: float = Field(1e-4, ge=0)
+    momentum: float = Field(0.9, ge=0, lt=1)
+    epochs: int = Field(8, ge=1)
+    cosine: bool = True
+
+
+class TrainConfig(Config):
+    """``trustmed train`` config: data, model, optimiser, loss and seed.
+
+    ``model.image_size`` and ``model.in_channels`` follow ``data`` unless set explicitly (then
+    they must agree).
+    """
+
+    data: DataSection = DataSection()
+    model: ModelSpec = Field(default_factory=lambda: ModelSpec(arch="tiny_cnn", width=16))
+    optim: OptimSection = OptimSection()
+    loss: Literal["bce", "weighted_bce"] = "bce"
+    mixed_precision: Literal["auto", "no", "fp16", "bf16"] = "auto"
+    cpu: bool = False
+    select_metric: Literal["val_auc", "val_loss"] = "val_auc"
+    seed: int = 0
+
+    @model_validator(mode="after")
+    def _sync_model(self) -> TrainConfig:
+        explicit = self.model.model_fields_set
+        update = {}
+        for key, value in (("image_size", self.data.image_size), ("in_channels", self.data.channels)):
+            current = getattr(self.model, key)
+            if key in explicit and current != value:
+                source = "data.image_size" if key == "image_size" else "data.channels"
+                raise ValueError(f"model.{key}={current} disagrees with {source}={value}")
+            if current != value:
+                update[key] = value
+        if update:
+            # Bypass validate_assignment, which would re-run this validator.
+            object.__setattr__(self, "model", self.model.model_copy(update=update))
+        return self
+
+
+@dataclass
+class TrainResult:
+    """What :func:`train_classifier` returns."""
+
+    out_dir: Path
+    model: Classifier
+    spec: ModelSpec
+    fit: FitResult
+    val_auc: float
+    predictions: dict[str, pd.DataFrame] = field(default_factory=dict)
+
+    @property
+    def best_epoch(self) -> int | None:
+        return self.fit.best_epoch
+
+
+class _GeneratorState:
+    """Checkpoints a ``torch.Generator`` (the train loader's shuffling) alongside the loop state."""
+
+    def __init__(self, generator: torch.Generator):
+        self.generator = generator
+
+    def state_dict(self) -> dict[str, torch.Tensor]:
+        return {"state": self.generator.get_state()}
+
+    def load_state_dict(self, state: dict[str, torch.Tensor]) -> None:
+        self.generator.set_state(state["state"])
+
+
+def _auc(labels: np.ndarray, scores: np.ndarray) -> float:
+    from sklearn.metrics import roc_auc_score
+
+    return float(roc_auc_score(labels, scores)) if len(np.unique(labels)) == 2 else float("nan")
+
+
+def _forward(model: torch.nn.Module, batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    logits = model(batch["image"]).float()
+    return {"score": torch.sigmoid(logits), "logit": logits, "index": batch["index"].float()}
+
+
+def _predict_loader(model: torch.nn.Module, loader, accelerator=None) -> tuple[np.ndarray, np.ndarray]:
+    out = predict(model, loader, _forward, accelerator=accelerator)
+    order = np.argsort(out["index"].numpy(), kind="stable")
+    return out["score"].numpy()[order], out["logit"].numpy()[order]
+
+
+def predict_scores(
+    model: torch.nn.Module,
+    manifest: pd.DataFrame,
+    root: str | Path | None,
+    *,
+    image_size: int,
+    batch_size: int = 256,
+    channels: int = 3,
+    accelerator=None,
+) -> np.ndarray:
+    """Sigmoid scores of a binary classifier for every row of ``manifest``, in row order."""
+    loader = make_loader(
+        manifest,
+        root,
+        image_size=image_size,
+        batch_size=batch_size,
+        shuffle=False,
+        channels=channels,
+        cache=False,
+    )
+    return _predict_loader(model, loader, accelerator)[0]
+
+
+def prediction_table(
+    manifest: pd.DataFrame, scores: np.ndarray, attributes: list[str] | tuple[str, ...]
+) -> pd.DataFrame:
+    """``sample_id, label, score, <attributes present>, patient_id, split`` for ``manifest``'s rows."""
+    attrs = [a for a in attributes if a in manifest.columns and a not in ("label", "split", "patient_id")]
+    table = manifest[["sample_id", "label"]].copy()
+    table["score"] = np.asarray(scores, dtype=np.float64)
+    for attr in attrs:
+        table[attr] = manifest[attr].to_numpy()
+    table["patient_id"] = manifest["patient_id"].to_numpy()
+    table["split"] = manifest["split"].to_numpy()
+    return table.reset_index(drop=True)
+
+
+def _split(manifest: pd.DataFrame, name: str, role: str) -> pd.DataFrame:
+    part = manifest[manifest["split"] == name].reset_index(drop=True)
+    if part.empty:
+        raise InputError(
+            f"{role} split {name!r} is empty; "
+            f"splits in the data: {', '.join(sorted(manifest['split'].unique()))}"
+        )
+    if part["label"].nunique() < 2:
+        raise InputError(
+            f"{role} split {name!r} has a single class (label={part['label'].iloc[0]}); need both"
+        )
+    return part
+
+
+def _optimizer(cfg: OptimSection, params) -> torch.optim.Optimizer:
+    if cfg.name == "sgd":
+        return torch.optim.SGD(params, lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay)
+    cls = torch.optim.AdamW if cfg.name == "adamw" else torch.optim.Adam
+    return cls(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
+
+
+def _config_fingerprint(cfg: TrainConfig) -> str:
+    return hashlib.sha256(json.dumps(cfg.model_dump(mode="json"), sort_keys=True).encode()).hexdigest()
+
+
+def _prepare_checkpoints(ckpt: Path, cfg: TrainConfig, resume: bool) -> None:
+    marker = ckpt / "config.json"
+    if resume and marker.is_file():
+        saved = json.loads(marker.read_text()).get("fingerprint")
+        if saved != _config_fingerprint(cfg):
+            raise InputError(
+                f"--resume: the checkpoint in {ckpt} was made with a different config; rerun without --resume"
+            )
+    elif resume:
+        log.warning("--resume: no checkpoint in %s, starting from scratch", ckpt)
+    write_json(marker, {"fingerprint": _config_fingerprint(cfg), "config": cfg.model_dump(mode="json")})
+
+
+def train_classifier(
+    cfg: TrainConfig, out_dir: str | Path, *, resume: bool = False, checkpoint_dir: str | Path | None = None
+) -> TrainResult:
+    """Train an ERM classifier as ``cfg`` says and write its checkpoint, predictions and history.
+
+    Parameters
+    ----------
+    cfg : the training config.
+    out_dir : where ``model.safetensors``, ``model.json``, ``predictions_<split>.csv`` and
+        ``history.json`` go.
+    resume : continue from the last epoch saved in ``checkpoint_dir``.
+    checkpoint_dir : per-epoch loop state (default ``out_dir/checkpoints``).
+    """
+    out = Path(out_dir)
+    ckpt = Path(checkpoint_dir) if checkpoint_dir is not None else out / "checkpoints"
+    seed_everything(cfg.seed)
+    manifest = load_dataset(cfg.data.dataset, cfg.data.root, **cfg.data.options)
+    missing = [a for a in cfg.data.attributes if a not in manifest.columns]
+    if missing:
+        raise InputError(
+            f"data.attributes: {', '.join(missing)} not in dataset {cfg.data.dataset!r}; "
+            f"columns: {', '.join(manifest.columns)}"
+        )
+    train_df = _split(manifest, cfg.data.train_split, "train")
+    val_df = _split(manifest, cfg.data.val_split, "validation")
+    data = cfg.data
+    common = {
+        "image_size": data.image_size,
+        "channels": data.channels,
+        "cache": data.cache,
+        "num_workers": data.num_workers,
+    }
+    train_loader = make_loader(
+        train_df,
+        data.root,
+        batch_size=data.batch_size,
+        shuffle=True,
+        seed=cfg.seed,
+        augment=data.augment,
+        **common,
+    )
+    val_loader = make_loader(val_df, data.root, batch_size=256, shuffle=False, **common)
+    spec = cfg.model
+    model = build_model(spec)
+    optimizer = _optimizer(cfg.optim, model.parameters())
+    scheduler = (
+        torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=cfg.optim.epochs)
+        if cfg.optim.cosine
+        else None
+    )
+    accelerator = make_accelerator(cfg.mixed_precision, cpu=cfg.cpu)
+    eval_accelerator = make_accelerator("no", cpu=cfg.cpu)
+    n_pos = int(train_df["label"].sum())
+    pos_weight = (len(train_df) - n_pos) / n_pos if cfg.loss == "weighted_bce" else 1.0
+    weight = torch.tensor(pos_weight)
+    val_labels = val_df["label"].to_numpy()
+
+    def loss_fn(m: torch.nn.Module, batch: dict[str, torch.Tensor]) -> torch.Tensor:
+        logits = m(batch["image"]).float()
+        return torch.nn.functional.binary_cross_entropy_with_logits(
+            logits, batch["label"].float(), pos_weight=weight.to(logits.device)
+        )
+
+    def evaluate(m: torch.nn.Module) -> dict[str, float]:
+        scores, logits = _predict_loader(m, val_loader, eval_accelerator)
+        bce = torch.nn.functional.binary_cross_entropy_with_logits(
+            torch.from_numpy(np.array(logits)), torch.tensor(val_labels, dtype=torch.float32)
+        )
+        return {"val_auc": _auc(val_labels, scores), "val_loss": float(bce)}
+
+    _prepare_checkpoints(ckpt, cfg, resume)
+    result = fit(
+        model,
+        optimizer,
+        train_loader,
+        loss_fn,
+        epochs=cfg.optim.epochs,
+        accelerator=accelerator,
+        evaluate=evaluate,
+        select=cfg.select_metric,
+        mode="max" if cfg.select_metric == "val_auc" else "min",
+        scheduler=scheduler,
+        checkpoint_dir=ckpt,
+        resume=resume,
+        stateful=[_GeneratorState(train_loader.generator)],
+        description="train",
+    )
+    model = accelerator.unwrap_model(model).cpu().eval()
+    best_row = next((r for r in result.history if r["epoch"] == result.best_epoch), result.history[-1])
+    training = {
+        "dataset": data.dataset,
+        "root": str(data.root),
+        "epochs": result.epochs,
+        "best_epoch": result.best_epoch,
+        "best_val_auc": best_row.get("val_auc"),
+        "wall_time_s": result.wall_time_s,
+        "samples_seen": result.samples_seen,
+        "parameter_updates": result.parameter_updates,
+        "n_train": len(train_df),
+        "n_val": len(val_df),
+        "pos_weight": pos_weight,
+        "attributes": list(data.attributes),
+    }
+    out.mkdir(parents=True, exist_ok=True)
+    save_checkpoint(model, spec, out, config=cfg.model_dump(mode="json"), training=training)
+    write_json(out / "history.json", {"history": result.history, **training})
+    predictions = {}
+    scores = predict_scores(
+        model,
+        manifest,
+        data.root,
+        image_size=data.image_size,
+        channels=data.channels,
+        accelerator=eval_accelerator,
+    )
+    for split_name in sorted(manifest["split"].unique()):
+        rows = (manifest["split"] == split_name).to_numpy()
+        table = prediction_table(manifest[rows], scores[rows], data.attributes)
+        table.to_csv(out / f"predictions_{split_name}.csv", index=False)
+        predictions[split_name] = table
+    return TrainResult(
+        out_dir=out,
+        model=model,
+        spec=spec,
+        fit=result,
+        val_auc=float(best_row.get("val_auc", float("nan"))),
+        predictions=predictions,
+    )
+
+
+def predictions_for_checkpoint(
+    checkpoint_dir: str | Path,
+    *,
+    dataset: str,
+    root: str | Path,
+    split: str | None = None,
+    batch_size: int = 256,
+    options: dict[str, Any] | None = None,
+    attributes: list[str] | tuple[str, ...] | None = None,
+) -> pd.DataFrame:
+    """Predictions table of a saved checkpoint on a dataset from the registry.
+
+    ``options`` default to the training config's dataset options when the checkpoint was trained
+    on the same dataset; ``attributes`` default to the ones it was trained with.
+    """
+    model, spec, metadata = load_checkpoint(checkpoint_dir)
+    data_cfg = metadata.get("config", {}).get("data", {})
+    if options is None:
+        options = dict(data_cfg.get("options", {})) if data_cfg.get("dataset") == dataset else {}
+    if attributes is None:
+        attributes = data_cfg.get("attributes", list(DEFAULT_ATTRIBUTES))
+    manifest = load_dataset(dataset, root, **options)
+    if split is not None:
+        if split not in set(manifest["split"]):
+            raise InputError(
+                f"split {split!r} not in dataset {dataset!r}; "
+                f"splits: {', '.join(sorted(manifest['split'].unique()))}"
+            )
+        manifest = manifest[manifest["split"] == split].reset_index(drop=True)
+    scores = predict_scores(
+        model, manifest, root, image_size=spec.image_size, batch_size=batch_size, channels=spec.in_channels
+    )
+    return prediction_table(manifest, scores, attributes)
