@@ -232,12 +232,18 @@ def predict(
     that distributed samplers duplicate to pad the last batch, so metrics see each sample once.
     """
     accelerator = accelerator or make_accelerator()
-    model, loader = accelerator.prepare(model, loader)
+    # Inference needs no DDP wrapper: only the loader is sharded, the model is moved as it is.
+    loader = accelerator.prepare_data_loader(loader)
+    model = accelerator.unwrap_model(model).to(accelerator.device)
+    was_training = model.training
     model.eval()
     chunks: dict[str, list[torch.Tensor]] = {}
     for batch in loader:
-        out = forward(model, batch)
+        with accelerator.autocast():
+            out = forward(model, batch)
         out = accelerator.gather_for_metrics(out)
         for key, value in out.items():
-            chunks.setdefault(key, []).append(value.detach().float().cpu())
+            value = value.detach().cpu()
+            chunks.setdefault(key, []).append(value.float() if value.is_floating_point() else value)
+    model.train(was_training)
     return {k: torch.cat(v) for k, v in chunks.items()}
