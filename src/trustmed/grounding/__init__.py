@@ -1,1 +1,23 @@
-"""trustmed.grounding."""
+"""Phrase grounding in chest X-rays from a frozen latent diffusion model's cross-attention.
+
+Zero-shot grounding after Vilouras et al., "Zero-Shot Medical Phrase Grounding with Off-the-shelf
+Diffusion Models" (IEEE J-BHI; arXiv 2404.12920): :class:`AttentionRecorder` (capture),
+:class:`ZeroShotGrounder` (pipeline), :func:`load_ldm` (MONAI bundle or diffusers folders).
+"""
+
+from trustmed.grounding.attention import AttentionMap, AttentionRecorder, cross_attention_layers
+from trustmed.grounding.ldm import LDM, load_ldm, tiny_ldm_path
+from trustmed.grounding.zero_shot import GroundingConfig, ZeroShotGrounder, ground_table, score_table
+
+__all__ = [
+    "AttentionMap",
+    "AttentionRecorder",
+    "cross_attention_layers",
+    "LDM",
+    "load_ldm",
+    "tiny_ldm_path",
+    "GroundingConfig",
+    "ZeroShotGrounder",
+    "ground_table",
+    "score_table",
+]

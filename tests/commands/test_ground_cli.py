@@ -1,0 +1,112 @@
+"""``trustmed ground``: default action, eval, train-ldm, and bad input (exit 2, nothing written)."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+from PIL import Image
+from typer.testing import CliRunner
+
+from trustmed.cli import app
+from trustmed.grounding.ldm import make_random_monai_ldm
+
+runner = CliRunner()
+FAST = ["--set", "grounding.num_steps=5", "--set", "grounding.batch_size=4"]
+
+
+@pytest.fixture(scope="module")
+def model_dir(tmp_path_factory):
+    return make_random_monai_ldm(tmp_path_factory.mktemp("model"))
+
+
+@pytest.fixture(scope="module")
+def image_file(tmp_path_factory):
+    path = tmp_path_factory.mktemp("img") / "cxr.png"
+    Image.fromarray((np.random.default_rng(0).random((40, 48)) * 255).astype(np.uint8)).save(path)
+    return path
+
+
+def test_default_action_writes_heatmap_and_overlay(tmp_path, model_dir, image_file):
+    out = tmp_path / "run"
+    args = [
+        "ground",
+        "--model",
+        str(model_dir),
+        "--image",
+        str(image_file),
+        "--text",
+        "left pleural effusion",
+    ]
+    result = runner.invoke(app, [*args, "--out", str(out), "--quiet", *FAST])
+    assert result.exit_code == 0, result.output
+    heat = np.load(out / "heatmap.npy")
+    assert heat.shape == (40, 48) and np.isnan(heat).any() and np.nanmax(heat) <= 1
+    assert (out / "overlay.png").stat().st_size > 1000
+    run = json.loads((out / "run.json").read_text())
+    assert run["config"]["grounding"]["num_steps"] == 5
+
+
+@pytest.mark.parametrize(
+    ("extra", "message"),
+    [
+        (["--text", "<|endoftext|>"], "only special or unknown tokens"),
+        (["--text", " ".join(["nodule"] * 30)], "exceed the tokenizer's maximum"),
+        (["--text", "nodule", "--image", "missing.png"], "not found"),
+    ],
+)
+def test_bad_input_exit_2_and_nothing_written(tmp_path, model_dir, image_file, extra, message):
+    out = tmp_path / "run"
+    args = ["ground", "run", "--model", str(model_dir), "--image", str(image_file), *extra]
+    result = runner.invoke(app, [*args, "--out", str(out), "--quiet", *FAST])
+    assert result.exit_code == 2
+    assert message in result.output
+    assert not out.exists()
+
+
+def test_model_missing_a_component(tmp_path, image_file, model_dir):
+    import shutil
+
+    broken = tmp_path / "broken"
+    shutil.copytree(model_dir, broken)
+    shutil.rmtree(broken / "text_encoder")
+    args = ["ground", "--model", str(broken), "--image", str(image_file), "--text", "nodule"]
+    result = runner.invoke(app, [*args, "--out", str(tmp_path / "o"), "--quiet"])
+    assert result.exit_code == 2 and "text_encoder" in result.output
+    assert not (tmp_path / "o").exists()
+
+
+def test_eval_on_synthcxr_writes_tables_and_figure(tmp_path, model_dir):
+    out = tmp_path / "eval"
+    args = [
+        "ground",
+        "eval",
+        "--model",
+        str(model_dir),
+        "--dataset",
+        "synthcxr",
+        "--out",
+        str(out),
+        "--quiet",
+    ]
+    sets = ["--set", "data.n_images=12", "--set", "n_boot=50", "--set", "n_cases=2", *FAST]
+    result = runner.invoke(app, [*args, *sets])
+    assert result.exit_code == 0, result.output
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert metrics["task"] == "grounding" and metrics["n_pairs"] >= 3
+    assert set(metrics["overall"]) == {"cnr", "miou", "auroc", "pointing_game"}
+    assert "ci" in metrics["overall"]["auroc"]
+    assert (out / "classes.csv").is_file() and (out / "cases.png").is_file()
+
+
+def test_train_ldm_tiny_run(tmp_path):
+    out = tmp_path / "ldm"
+    sets = ["n_images=12", "ae_epochs=1", "unet_epochs=1", "unet_channels=[16,32]", "ae_channels=[8,8,8]"]
+    args = ["ground", "train-ldm", "--out", str(out), "--quiet"] + [x for s in sets for x in ("--set", s)]
+    result = runner.invoke(app, args)
+    assert result.exit_code == 0, result.output
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["n_images"] >= 3 and (out / "model" / "configs" / "inference.json").is_file()
+    bad = runner.invoke(app, ["ground", "train-ldm", "--out", str(tmp_path / "x"), "--set", "unet_epoch=1"])
+    assert bad.exit_code == 2 and "did you mean" in bad.output

@@ -1,0 +1,105 @@
+"""The zero-shot pipeline: DDIM inversion exactness, geometry, determinism, bad input."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from trustmed.errors import InputError
+from trustmed.grounding.heatmaps import crop_info, postprocess, uncrop
+from trustmed.grounding.inversion import ddim_invert, ddim_timesteps, to_epsilon_and_x0
+from trustmed.grounding.ldm import load_ldm, make_alphas_cumprod, make_random_monai_ldm
+from trustmed.grounding.zero_shot import GroundingConfig, ZeroShotGrounder, prepare_image
+
+
+@pytest.fixture(scope="module")
+def ldm(tmp_path_factory):
+    return load_ldm(make_random_monai_ldm(tmp_path_factory.mktemp("ldm")))
+
+
+def test_trailing_spacing_matches_diffusers():
+    diffusers = pytest.importorskip("diffusers")
+    sched = diffusers.DDIMScheduler(num_train_timesteps=1000, timestep_spacing="trailing")
+    sched.set_timesteps(300)
+    assert ddim_timesteps(1000, 300).tolist() == sorted(sched.timesteps.tolist())
+    with pytest.raises(InputError):
+        ddim_timesteps(1000, 0)
+
+
+@pytest.mark.parametrize("prediction_type", ["epsilon", "v_prediction"])
+def test_inversion_is_exact_for_a_model_that_knows_the_noise(prediction_type):
+    torch.manual_seed(0)
+    alphas = make_alphas_cumprod(1000)
+    z0, eps0 = torch.randn(2, 3, 4, 4), torch.randn(2, 3, 4, 4)
+    steps = ddim_timesteps(1000, 20)
+
+    def predict(z, t, i):
+        a = alphas[t]
+        if prediction_type == "epsilon":
+            return eps0
+        return (eps0 - (1 - a).sqrt() * z) / a.sqrt()  # the v that converts back to eps0 at this z
+
+    zt = ddim_invert(predict, z0, alphas, steps, prediction_type)
+    a_T = alphas[steps[-1]]
+    torch.testing.assert_close(zt, a_T.sqrt() * z0 + (1 - a_T).sqrt() * eps0, rtol=1e-4, atol=1e-4)
+    a = torch.tensor(0.3)
+    xt = a.sqrt() * z0 + (1 - a).sqrt() * eps0
+    eps, x0 = to_epsilon_and_x0(a.sqrt() * eps0 - (1 - a).sqrt() * z0, xt, a, "v_prediction")
+    torch.testing.assert_close(eps, eps0)
+    torch.testing.assert_close(x0, z0)
+
+
+def test_crop_geometry_and_nan_uncrop():
+    info = crop_info(40, 80, 32)
+    assert info.resized == (32, 64) and info.left == 16 and info.top == 0
+    heat = np.ones((32, 32))
+    out = uncrop(heat, info)
+    assert out.shape == (40, 80)
+    assert np.isnan(out[:, :19]).all() and np.isnan(out[:, 61:]).all() and np.isfinite(out[:, 21:59]).all()
+    spot = np.zeros((32, 32))
+    spot[10:14, 20:24] = 1
+    post = postprocess(spot, sigma=1.0)
+    assert post.max() == pytest.approx(1.0) and (post == 0).mean() > 0.5
+
+
+@pytest.mark.parametrize("mode", ["inversion", "noising"])
+def test_pipeline_shapes_range_and_determinism(ldm, mode):
+    rng = np.random.default_rng(0)
+    images = [rng.random((40, 56)).astype(np.float32), rng.random((32, 32)).astype(np.float32)]
+    phrases = ["small nodule in the right upper zone", "left pleural effusion"]
+    cfg = GroundingConfig(num_steps=10, mode=mode, noise_levels=[0.3, 0.6], batch_size=2)
+    heat = ZeroShotGrounder(ldm, cfg).ground(images, phrases)
+    assert [h.shape for h in heat] == [(40, 56), (32, 32)]
+    assert np.isnan(heat[0][:, :3]).all() and np.isfinite(heat[1]).all()
+    assert np.nanmin(heat[0]) >= 0 and np.nanmax(heat[0]) <= 1 + 1e-6
+    again = ZeroShotGrounder(ldm, cfg).ground(images, phrases)
+    np.testing.assert_array_equal(np.nan_to_num(heat[0], nan=-1), np.nan_to_num(again[0], nan=-1))
+    single = ZeroShotGrounder(ldm, cfg.model_copy(update={"batch_size": 1})).ground(images[1:], phrases[1:])
+    np.testing.assert_allclose(single[0], heat[1], atol=1e-4)
+
+
+def test_token_selection_changes_the_map(ldm):
+    image = [np.random.default_rng(1).random((32, 32)).astype(np.float32)]
+    base = GroundingConfig(num_steps=10, otsu=False)
+    full = ZeroShotGrounder(ldm, base).crop_heatmaps(image, ["nodule in the right upper zone"])[0]
+    word = ZeroShotGrounder(ldm, base.model_copy(update={"tokens": ["nodule"]})).crop_heatmaps(
+        image, ["nodule in the right upper zone"]
+    )[0]
+    assert not torch.allclose(full, word)
+
+
+def test_bad_input(ldm):
+    g = ZeroShotGrounder(ldm, GroundingConfig(num_steps=5))
+    image = np.zeros((32, 32), np.float32)
+    with pytest.raises(InputError, match="only special or unknown tokens"):
+        g.ground([image], [""])
+    long = " ".join(["nodule"] * 40)
+    with pytest.raises(InputError, match="exceed the tokenizer's maximum"):
+        g.ground([image], [long])
+    ok = ZeroShotGrounder(ldm, GroundingConfig(num_steps=5, truncate=True)).ground([image], [long])
+    assert ok[0].shape == (32, 32)
+    with pytest.raises(InputError, match="channels"):
+        prepare_image(np.zeros((4, 32, 32)), ldm)
+    with pytest.raises(InputError, match="one phrase per image"):
+        g.ground([image, image], ["nodule"])
