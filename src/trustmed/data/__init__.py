@@ -5,8 +5,8 @@ there (``"name": "module:function"``, imported only when used). ``synthskin`` is
 the Fitzpatrick17k loader (it is written in that format). Each loader takes the dataset
 root first and keyword options after it, and returns a validated manifest.
 
->>> sorted(DATASETS)[:2]
-['fitzpatrick17k', 'manifest']
+>>> {"manifest", "fitzpatrick17k", "chexpert"} <= set(DATASETS)
+True
 """
 
 from __future__ import annotations
@@ -28,6 +28,10 @@ DATASETS: dict[str, str] = {
     "manifest": "trustmed.data.manifest:read_manifest",
     "fitzpatrick17k": "trustmed.data.fitzpatrick:load_fitzpatrick17k",
     "synthskin": "trustmed.data.fitzpatrick:load_fitzpatrick17k",
+    "isic2019": "trustmed.data.isic:load_isic2019",
+    "isic2020": "trustmed.data.isic:load_isic2020",
+    "chexpert": "trustmed.data.chexpert:load_chexpert",
+    "mimic_cxr": "trustmed.data.mimic:load_mimic_cxr",
 }
 
 

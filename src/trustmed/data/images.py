@@ -1,9 +1,22 @@
-"""Images from disk into tensors: PNG/JPEG reading and MONAI transforms.
+"""Images from disk into tensors: PNG/JPEG and DICOM reading, and MONAI transforms.
 
 :class:`ImageDataset` turns a manifest (see :mod:`trustmed.data.manifest`) into a torch dataset
 whose items are ``{"image": C×H×W float tensor in [0, 1], "label": float tensor, "index": long
 tensor}``; ``index`` is the row position in the manifest, so predictions can be joined back to
-their metadata. Resizing and intensity scaling use MONAI transforms (Cardoso et al., "MONAI: An
+their metadata.
+
+DICOM files (``.dcm``, ``.dicom``; needs ``pip install 'trustmed[dicom]'``) are decoded with pydicom
+as a radiologist's viewer would show them (DICOM PS3.3 C.11, "VOI LUT" and "Modality LUT"): the
+Modality LUT (rescale slope/intercept) and then the VOI LUT or window centre/width are applied,
+the result is scaled to [0, 1] by its minimum and maximum, and ``MONOCHROME1`` images (where a high
+value is dark) are inverted so that bone is bright in every image. 8-, 12- and 16-bit data are
+read as floats, never truncated to 8 bits.
+
+With ``skip_bad_images=True`` a missing or unreadable image is left out rather than stopping the
+run: missing files are dropped when the dataset is built, unreadable ones when a batch is put
+together, and both are counted (:attr:`ImageDataset.n_skipped`, and ``n_skipped`` in each batch).
+
+Resizing and intensity scaling use MONAI transforms (Cardoso et al., "MONAI: An
 open-source framework for deep learning in healthcare", arXiv 2211.02701); the deterministic part
 is cached in memory for small sets, so a few thousand small JPEGs are decoded once, not every epoch.
 
@@ -32,7 +45,7 @@ from torch.utils.data import DataLoader, Dataset
 from trustmed.data.manifest import check_images
 from trustmed.errors import InputError
 
-__all__ = ["IMAGE_READERS", "ImageDataset", "make_loader", "read_image"]
+__all__ = ["IMAGE_READERS", "ImageDataset", "collate_skipping", "make_loader", "read_image"]
 
 log = logging.getLogger(__name__)
 
@@ -54,18 +67,64 @@ def _read_pil(path: Path, channels: int) -> np.ndarray:
     return array[None] if array.ndim == 2 else np.ascontiguousarray(array.transpose(2, 0, 1))
 
 
-# Suffix → reader ``(path, channels) -> uint8/uint16 C×H×W``; one line per format.
+def _pydicom():
+    try:
+        import pydicom
+    except ImportError:  # pragma: no cover - depends on the environment
+        raise InputError("reading DICOM needs pydicom: pip install 'trustmed[dicom]'") from None
+    try:
+        from pydicom.pixels import apply_modality_lut, apply_voi_lut
+    except ImportError:  # pydicom < 3
+        from pydicom.pixel_data_handlers.util import apply_modality_lut, apply_voi_lut
+    return pydicom, apply_modality_lut, apply_voi_lut
+
+
+def _read_dicom(path: Path, channels: int) -> np.ndarray:
+    pydicom, apply_modality_lut, apply_voi_lut = _pydicom()
+    try:
+        ds = pydicom.dcmread(path)
+    except Exception as exc:  # pydicom raises many exception types for a broken file
+        raise InputError(
+            f"cannot read image {path}: not a readable DICOM ({exc.__class__.__name__})"
+        ) from None
+    if "PixelData" not in ds and "FloatPixelData" not in ds and "DoubleFloatPixelData" not in ds:
+        raise InputError(f"cannot read image {path}: the DICOM has no pixel data")
+    try:
+        raw = ds.pixel_array
+    except Exception as exc:  # unsupported transfer syntax, truncated pixel data, ...
+        raise InputError(f"cannot read image {path}: DICOM pixel data not decodable ({exc})") from None
+    photometric = str(getattr(ds, "PhotometricInterpretation", "MONOCHROME2"))
+    if raw.ndim != 2 or photometric not in ("MONOCHROME1", "MONOCHROME2"):
+        raise InputError(
+            f"cannot read image {path}: expected a single-frame grayscale DICOM "
+            f"(MONOCHROME1/2), got shape {raw.shape} and {photometric}"
+        )
+    values = apply_voi_lut(apply_modality_lut(raw, ds), ds).astype(np.float64)
+    low, high = float(values.min()), float(values.max())
+    scaled = (values - low) / (high - low) if high > low else np.zeros_like(values)
+    if photometric == "MONOCHROME1":
+        scaled = 1.0 - scaled
+    image = scaled.astype(np.float32)[None]
+    return np.repeat(image, 3, axis=0) if channels == 3 else image
+
+
+# Suffix → reader ``(path, channels) -> C×H×W`` array: uint8 (0–255), uint16 (0–65535) or float in
+# [0, 1]; one line per format.
 IMAGE_READERS: dict[str, Callable[[Path, int], np.ndarray]] = {
     ".png": _read_pil,
     ".jpg": _read_pil,
     ".jpeg": _read_pil,
+    ".dcm": _read_dicom,
+    ".dicom": _read_dicom,
 }
 
 
 def read_image(path: str | Path, *, channels: int = 3) -> np.ndarray:
-    """Read an image file into a channel-first array (``C×H×W``, usually uint8).
+    """Read an image file into a channel-first array (``C×H×W``).
 
-    A missing or corrupt file is an :class:`~trustmed.errors.InputError` naming the file.
+    PNG/JPEG give uint8 (0–255); DICOM gives float32 in [0, 1] (see the module docstring). A
+    missing or corrupt file, or a DICOM without pixel data, is an
+    :class:`~trustmed.errors.InputError` naming the file.
     """
     path = Path(path)
     if channels not in (1, 3):
@@ -81,14 +140,9 @@ def read_image(path: str | Path, *, channels: int = 3) -> np.ndarray:
 
 
 def _transforms(image_size: int, augment: bool):
-    from monai.transforms import Compose, RandFlip, RandRotate90, Resize, ScaleIntensityRange
+    from monai.transforms import Compose, RandFlip, RandRotate90, Resize
 
-    load = Compose(
-        [
-            ScaleIntensityRange(a_min=0.0, a_max=255.0, b_min=0.0, b_max=1.0, clip=True),
-            Resize(spatial_size=(image_size, image_size), mode="bilinear", anti_aliasing=True),
-        ]
-    )
+    load = Resize(spatial_size=(image_size, image_size), mode="bilinear", anti_aliasing=True)
     aug = None
     if augment:
         aug = Compose(
@@ -114,6 +168,9 @@ class ImageDataset(Dataset):
         with a seed and resume exactly.
     cache : keep resized images in memory: ``True``, ``False`` or ``"auto"`` (on when they fit
         in 1 GiB).
+    skip_bad_images : leave out missing images (when the dataset is built) and unreadable ones
+        (an item becomes ``None``, which :func:`collate_skipping` drops) instead of raising;
+        :attr:`n_skipped` and :attr:`skipped` count and name them.
     """
 
     def __init__(
@@ -125,6 +182,7 @@ class ImageDataset(Dataset):
         channels: int = 3,
         augment: bool = False,
         cache: bool | str = "auto",
+        skip_bad_images: bool = False,
     ):
         if image_size < 4:
             raise InputError(f"image_size must be >= 4, got {image_size}")
@@ -136,14 +194,37 @@ class ImageDataset(Dataset):
         self.root = Path(root) if root is not None else Path(".")
         if self.root.is_file():
             self.root = self.root.parent
-        check_images(manifest, self.root)
-        self.paths = [Path(p) if Path(p).is_absolute() else self.root / p for p in manifest["path"]]
-        self.labels = torch.as_tensor(manifest["label"].to_numpy(dtype=np.float32))
+        self.skip_bad_images = bool(skip_bad_images)
+        paths = [Path(p) if Path(p).is_absolute() else self.root / p for p in manifest["path"]]
+        if self.skip_bad_images:
+            present = np.array([p.is_file() for p in paths], dtype=bool)
+        else:
+            check_images(manifest, self.root)
+            present = np.ones(len(paths), dtype=bool)
+        # (path, reason) of every image left out; ``rows`` maps item position → manifest row.
+        self.skipped: list[tuple[str, str]] = [
+            (str(p), "not found") for p, ok in zip(paths, present, strict=True) if not ok
+        ]
+        if self.skipped:
+            log.warning(
+                "%d of %d images not found and skipped (first: %s)",
+                len(self.skipped),
+                len(paths),
+                self.skipped[0][0],
+            )
+        self.rows = np.flatnonzero(present)
+        self.paths = [paths[i] for i in self.rows]
+        self.labels = torch.as_tensor(manifest["label"].to_numpy(dtype=np.float32)[self.rows])
         self.image_size, self.channels = int(image_size), int(channels)
         self.load, self.augment = _transforms(self.image_size, augment)
         if cache == "auto":
             cache = len(self.paths) * channels * image_size**2 * 4 <= AUTO_CACHE_BYTES
         self._cache: list[torch.Tensor | None] | None = [None] * len(self.paths) if cache else None
+
+    @property
+    def n_skipped(self) -> int:
+        """Images left out so far (missing ones, and unreadable ones met in this process)."""
+        return len(self.skipped)
 
     def __len__(self) -> int:
         return len(self.paths)
@@ -151,18 +232,56 @@ class ImageDataset(Dataset):
     def _load(self, index: int) -> torch.Tensor:
         if self._cache is not None and self._cache[index] is not None:
             return self._cache[index]
-        raw = read_image(self.paths[index], channels=self.channels).astype(np.float32)
+        raw = read_image(self.paths[index], channels=self.channels)
+        raw = _to_unit_float(raw)
         image = torch.as_tensor(np.asarray(self.load(raw)), dtype=torch.float32).contiguous()
         if self._cache is not None:
             self._cache[index] = image
         return image
 
-    def __getitem__(self, index: int) -> dict[str, torch.Tensor]:
-        image = self._load(index)
+    def __getitem__(self, index: int) -> dict[str, torch.Tensor] | None:
+        try:
+            image = self._load(index)
+        except InputError as exc:
+            if not self.skip_bad_images:
+                raise
+            if all(path != str(self.paths[index]) for path, _ in self.skipped):
+                self.skipped.append((str(self.paths[index]), str(exc)))
+                log.warning("skipped: %s", exc)
+            return None
         if self.augment is not None:
             self.augment.set_random_state(seed=int(torch.randint(0, 2**31 - 1, ()).item()))
             image = torch.as_tensor(np.asarray(self.augment(image)), dtype=torch.float32).contiguous()
-        return {"image": image, "label": self.labels[index], "index": torch.tensor(index, dtype=torch.long)}
+        row = int(self.rows[index])
+        return {"image": image, "label": self.labels[index], "index": torch.tensor(row, dtype=torch.long)}
+
+
+def _to_unit_float(raw: np.ndarray) -> np.ndarray:
+    if raw.dtype == np.uint8:
+        return raw.astype(np.float32) / 255.0
+    if raw.dtype == np.uint16:
+        return raw.astype(np.float32) / 65535.0
+    return np.clip(raw.astype(np.float32), 0.0, 1.0)
+
+
+def collate_skipping(items: list[dict[str, torch.Tensor] | None]) -> dict[str, torch.Tensor]:
+    """Collate a batch without its ``None`` items (unreadable images); ``n_skipped`` counts them.
+
+    A batch whose every image is unreadable is an :class:`~trustmed.errors.InputError`.
+
+    >>> item = {"image": torch.zeros(1, 2, 2), "label": torch.tensor(1.0), "index": torch.tensor(0)}
+    >>> batch = collate_skipping([item, None])
+    >>> tuple(batch["image"].shape), int(batch["n_skipped"])
+    ((1, 1, 2, 2), 1)
+    """
+    from torch.utils.data import default_collate
+
+    good = [item for item in items if item is not None]
+    if not good:
+        raise InputError(f"all {len(items)} images of a batch are unreadable (see the warnings above)")
+    batch = default_collate(good)
+    batch["n_skipped"] = torch.tensor(len(items) - len(good), dtype=torch.long)
+    return batch
 
 
 def make_loader(
@@ -177,15 +296,25 @@ def make_loader(
     num_workers: int = 0,
     channels: int = 3,
     cache: bool | str = "auto",
+    skip_bad_images: bool = False,
 ) -> DataLoader:
     """A ``DataLoader`` over :class:`ImageDataset`; shuffling uses its own generator seeded by ``seed``.
 
-    The generator is ``loader.generator`` (its state is saved with training checkpoints).
+    The generator is ``loader.generator`` (its state is saved with training checkpoints). With
+    ``skip_bad_images`` the batches come from :func:`collate_skipping`: missing images are counted
+    in ``loader.dataset.n_skipped`` and unreadable ones in each batch's ``n_skipped`` (summing those
+    is exact with worker processes too).
     """
     if batch_size < 1:
         raise InputError(f"batch_size must be >= 1, got {batch_size}")
     dataset = ImageDataset(
-        manifest, root, image_size=image_size, channels=channels, augment=augment, cache=cache
+        manifest,
+        root,
+        image_size=image_size,
+        channels=channels,
+        augment=augment,
+        cache=cache,
+        skip_bad_images=skip_bad_images,
     )
     generator = torch.Generator().manual_seed(int(seed))
     return DataLoader(
@@ -195,4 +324,5 @@ def make_loader(
         generator=generator,
         num_workers=num_workers,
         drop_last=False,
+        collate_fn=collate_skipping if skip_bad_images else None,
     )

@@ -1,0 +1,117 @@
+"""DICOM reading (MONOCHROME1/2, 16-bit, Modality and VOI LUT) and skip_bad_images."""
+
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+from PIL import Image
+
+from trustmed.data.images import ImageDataset, make_loader, read_image
+from trustmed.errors import InputError
+
+pydicom = pytest.importorskip("pydicom")
+
+
+def write_dicom(
+    path, pixels, *, photometric="MONOCHROME2", bits=16, window=None, rescale=None, pixel_data=True
+):
+    from pydicom.dataset import FileMetaDataset
+    from pydicom.uid import ExplicitVRLittleEndian, SecondaryCaptureImageStorage, generate_uid
+
+    meta = FileMetaDataset()
+    meta.MediaStorageSOPClassUID = SecondaryCaptureImageStorage
+    meta.MediaStorageSOPInstanceUID = generate_uid()
+    meta.TransferSyntaxUID = ExplicitVRLittleEndian
+    ds = pydicom.Dataset()
+    ds.file_meta = meta
+    ds.SOPClassUID, ds.SOPInstanceUID = meta.MediaStorageSOPClassUID, meta.MediaStorageSOPInstanceUID
+    ds.Modality = "DX"
+    ds.Rows, ds.Columns = pixels.shape
+    ds.SamplesPerPixel = 1
+    ds.PhotometricInterpretation = photometric
+    ds.BitsAllocated, ds.BitsStored, ds.HighBit, ds.PixelRepresentation = 16, bits, bits - 1, 0
+    if window is not None:
+        ds.WindowCenter, ds.WindowWidth = window
+    if rescale is not None:
+        ds.RescaleSlope, ds.RescaleIntercept = rescale
+    if pixel_data:
+        ds.PixelData = pixels.astype(np.uint16).tobytes()
+    ds.save_as(path, enforce_file_format=True)
+    return path
+
+
+def ramp(high=4000):
+    return np.linspace(0, high, 16 * 16).round().reshape(16, 16).astype(np.uint16)
+
+
+def test_monochrome1_is_inverted_and_16_bit_kept(tmp_path):
+    pixels = ramp(65535)
+    two = read_image(write_dicom(tmp_path / "m2.dcm", pixels), channels=1)
+    one = read_image(write_dicom(tmp_path / "m1.dcm", pixels, photometric="MONOCHROME1"), channels=1)
+    assert two.shape == (1, 16, 16) and two.dtype == np.float32
+    np.testing.assert_allclose(two[0], pixels / 65535.0, atol=1e-6)  # full 16-bit precision, not 8-bit
+    np.testing.assert_allclose(one, 1.0 - two, atol=1e-6)
+    assert len(np.unique(two)) == 256
+    assert read_image(tmp_path / "m2.dcm", channels=3).shape == (3, 16, 16)
+
+
+def test_modality_and_voi_window_applied(tmp_path):
+    pixels = ramp(4000)
+    slope, intercept, centre, width = 2.0, -1024.0, 3000.0, 2000.0
+    image = read_image(
+        write_dicom(tmp_path / "w.dcm", pixels, bits=12, window=(centre, width), rescale=(slope, intercept)),
+        channels=1,
+    )[0]
+    value = pixels * slope + intercept  # Modality LUT
+    # DICOM PS3.3 C.11.2.1.2 linear window, then min-max scaling.
+    expected = np.clip((value - (centre - 0.5)) / (width - 1) + 0.5, 0.0, 1.0)
+    np.testing.assert_allclose(image, expected, atol=2e-3)
+    assert (image[value <= centre - width / 2] == 0).all() and (image[value >= centre + width / 2] == 1).all()
+
+
+def test_dicom_without_pixel_data_and_garbage(tmp_path):
+    path = write_dicom(tmp_path / "empty.dcm", ramp(), pixel_data=False)
+    with pytest.raises(InputError, match=r"empty.dcm: the DICOM has no pixel data"):
+        read_image(path)
+    (tmp_path / "junk.dcm").write_bytes(b"not a dicom at all")
+    with pytest.raises(InputError, match=r"cannot read image .*junk.dcm"):
+        read_image(tmp_path / "junk.dcm")
+
+
+def _manifest(tmp_path):
+    write_dicom(tmp_path / "0.dcm", ramp(), photometric="MONOCHROME1")
+    Image.fromarray(np.full((10, 10), 200, np.uint8)).save(tmp_path / "1.png")
+    (tmp_path / "2.png").write_bytes(b"corrupt")
+    Image.fromarray(np.zeros((10, 10), np.uint8)).save(tmp_path / "4.png")
+    paths = ["0.dcm", "1.png", "2.png", "3.png", "4.png"]  # 3.png is missing
+    return pd.DataFrame(
+        {"sample_id": paths, "path": paths, "label": [0, 1, 0, 1, 1], "split": "train", "patient_id": paths}
+    )
+
+
+def test_bad_images_are_errors_by_default(tmp_path):
+    df = _manifest(tmp_path)
+    with pytest.raises(InputError, match=r"image not found: .*3.png"):
+        ImageDataset(df, tmp_path, image_size=8, channels=1)
+    ds = ImageDataset(df.drop(index=3), tmp_path, image_size=8, channels=1, cache=False)
+    with pytest.raises(InputError, match=r"cannot read image .*2.png"):
+        ds[2]
+
+
+def test_skip_bad_images_skips_and_counts(tmp_path):
+    df = _manifest(tmp_path)
+    loader = make_loader(
+        df, tmp_path, image_size=8, batch_size=2, shuffle=False, channels=1, skip_bad_images=True
+    )
+    assert loader.dataset.n_skipped == 1 and len(loader.dataset) == 4
+    batches = list(loader)
+    index = torch.cat([b["index"] for b in batches]).tolist()
+    assert index == [0, 1, 4]  # manifest rows of the readable images
+    assert sum(int(b["n_skipped"]) for b in batches) == 1
+    assert loader.dataset.n_skipped == 2
+    assert [reason for _, reason in loader.dataset.skipped][0] == "not found"
+    images = torch.cat([b["image"] for b in batches])
+    assert float(images[0, 0, 0, 0]) > 0.75 > 0.25 > float(images[0, 0, -1, -1])  # MONOCHROME1: low = white
+    assert float(images[1].mean()) == pytest.approx(200 / 255, abs=1e-4)
