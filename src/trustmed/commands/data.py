@@ -13,12 +13,22 @@ from pathlib import Path
 from typing import Annotated, Any
 
 import typer
+from pydantic import Field
 
 from trustmed.commands.common import ConfigOpt, OutOpt, QuietOpt, SeedOpt, SetOpt, cli_command, console, load
 from trustmed.config import Config
 from trustmed.errors import InputError
 
-__all__ = ["CardConfig", "card_cmd", "data_app", "register", "synth_app", "synth_skin_cmd"]
+__all__ = [
+    "CardConfig",
+    "card_cmd",
+    "data_app",
+    "register",
+    "synth_app",
+    "synth_cxr_cmd",
+    "synth_digits_cmd",
+    "synth_skin_cmd",
+]
 
 data_app = typer.Typer(
     help="Datasets: synthetic benchmarks and real-dataset utilities.", no_args_is_help=True
@@ -56,6 +66,70 @@ def synth_skin_cmd(
 
 synth_app.command("skin", help="SynthSkin: biased skin-lesion images in the Fitzpatrick17k format.")(
     synth_skin_cmd
+)
+
+
+class DigitsConfig(Config):
+    """Knobs of ColoredDigits (see docs/distill.md)."""
+
+    seed: int = 0
+    spurious_correlation: float = Field(0.95, ge=0, le=1)
+    image_size: int = Field(28, ge=8)
+
+
+@cli_command
+def synth_digits_cmd(
+    config: ConfigOpt = None,
+    set_: SetOpt = None,
+    out: OutOpt = Path("runs/coloreddigits"),
+    seed: SeedOpt = None,
+    quiet: QuietOpt = False,
+) -> None:
+    """ColoredDigits: real handwritten digits with a spurious background colour, Waterbirds format."""
+    from trustmed.data.synth.digits import make_colored_digits
+    from trustmed.io import staged_dir
+
+    cfg = load(DigitsConfig, config, set_, seed)
+    with staged_dir(out) as tmp:
+        make_colored_digits(tmp, **cfg.model_dump())
+    if not quiet:
+        console().print(f"ColoredDigits -> {out}/metadata.csv and images")
+
+
+class CXRConfig(Config):
+    """Sizes of SynthCXR (see docs/grounding.md); ``vindr: true`` writes the out-of-distribution variant."""
+
+    seed: int = 0
+    n_images: int = Field(600, ge=4)
+    image_size: int = Field(128, ge=32)
+    vindr: bool = False
+
+
+@cli_command
+def synth_cxr_cmd(
+    config: ConfigOpt = None,
+    set_: SetOpt = None,
+    out: OutOpt = Path("runs/synthcxr"),
+    seed: SeedOpt = None,
+    quiet: QuietOpt = False,
+) -> None:
+    """SynthCXR: chest phantoms with findings, report sentences and boxes (MS-CXR or VinDr format)."""
+    from trustmed.data.synth.cxr import make_synthcxr, make_synthcxr_vindr
+    from trustmed.io import staged_dir
+
+    cfg = load(CXRConfig, config, set_, seed)
+    make = make_synthcxr_vindr if cfg.vindr else make_synthcxr
+    with staged_dir(out) as tmp:
+        make(tmp, n_images=cfg.n_images, image_size=cfg.image_size, seed=cfg.seed)
+    if not quiet:
+        console().print(f"SynthCXR ({'VinDr' if cfg.vindr else 'MS-CXR'} format) -> {out}")
+
+
+synth_app.command("digits", help="ColoredDigits: spurious-colour digits in the Waterbirds format.")(
+    synth_digits_cmd
+)
+synth_app.command("cxr", help="SynthCXR: chest phantoms with phrases and boxes (MS-CXR / VinDr format).")(
+    synth_cxr_cmd
 )
 
 

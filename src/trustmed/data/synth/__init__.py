@@ -8,4 +8,7 @@ __all__ = ["GENERATORS"]
 
 GENERATORS: dict[str, str] = {
     "skin": "trustmed.data.synth.skin:generate_synthskin",
+    "digits": "trustmed.data.synth.digits:make_colored_digits",
+    "cxr": "trustmed.data.synth.cxr:make_synthcxr",
+    "cxr_vindr": "trustmed.data.synth.cxr:make_synthcxr_vindr",
 }
