@@ -66,6 +66,7 @@ class DataSection(Config):
     augment: bool = True
     cache: bool | Literal["auto"] = "auto"
     num_workers: int = Field(0, ge=0)
+    skip_bad_images: bool = False
     attributes: list[str] = list(DEFAULT_ATTRIBUTES)
     train_split: str = "train"
     val_split: str = "val"
@@ -156,9 +157,13 @@ def _forward(model: torch.nn.Module, batch: dict[str, torch.Tensor]) -> dict[str
 
 
 def _predict_loader(model: torch.nn.Module, loader, accelerator=None) -> tuple[np.ndarray, np.ndarray]:
+    """Scores and logits in manifest-row order; rows whose image was skipped get NaN."""
     out = predict(model, loader, _forward, accelerator=accelerator)
-    order = np.argsort(out["index"].numpy(), kind="stable")
-    return out["score"].numpy()[order], out["logit"].numpy()[order]
+    scores = np.full(loader.dataset.n_rows, np.nan)
+    logits = np.full(loader.dataset.n_rows, np.nan)
+    index = out["index"].numpy().astype(np.int64)
+    scores[index], logits[index] = out["score"].numpy(), out["logit"].numpy()
+    return scores, logits
 
 
 def predict_scores(
@@ -170,8 +175,12 @@ def predict_scores(
     batch_size: int = 256,
     channels: int = 3,
     accelerator=None,
+    skip_bad_images: bool = False,
 ) -> np.ndarray:
-    """Sigmoid scores of a binary classifier for every row of ``manifest``, in row order."""
+    """Sigmoid scores of a binary classifier for every row of ``manifest``, in row order.
+
+    With ``skip_bad_images``, rows whose image is missing or unreadable get NaN.
+    """
     loader = make_loader(
         manifest,
         root,
@@ -180,6 +189,7 @@ def predict_scores(
         shuffle=False,
         channels=channels,
         cache=False,
+        skip_bad_images=skip_bad_images,
     )
     return _predict_loader(model, loader, accelerator)[0]
 
@@ -187,7 +197,10 @@ def predict_scores(
 def prediction_table(
     manifest: pd.DataFrame, scores: np.ndarray, attributes: list[str] | tuple[str, ...]
 ) -> pd.DataFrame:
-    """``sample_id, label, score, <attributes present>, patient_id, split`` for ``manifest``'s rows."""
+    """``sample_id, label, score, <attributes present>, patient_id, split`` for ``manifest``'s rows.
+
+    Rows with a NaN score (an image skipped with ``skip_bad_images``) are left out.
+    """
     attrs = [a for a in attributes if a in manifest.columns and a not in ("label", "split", "patient_id")]
     table = manifest[["sample_id", "label"]].copy()
     table["score"] = np.asarray(scores, dtype=np.float64)
@@ -195,7 +208,7 @@ def prediction_table(
         table[attr] = manifest[attr].to_numpy()
     table["patient_id"] = manifest["patient_id"].to_numpy()
     table["split"] = manifest["split"].to_numpy()
-    return table.reset_index(drop=True)
+    return table[table["score"].notna()].reset_index(drop=True)
 
 
 def _split(manifest: pd.DataFrame, name: str, role: str) -> pd.DataFrame:
@@ -267,6 +280,7 @@ def train_classifier(
         "channels": data.channels,
         "cache": data.cache,
         "num_workers": data.num_workers,
+        "skip_bad_images": data.skip_bad_images,
     }
     train_loader = make_loader(
         train_df,
@@ -292,8 +306,11 @@ def train_classifier(
     pos_weight = (len(train_df) - n_pos) / n_pos if cfg.loss == "weighted_bce" else 1.0
     weight = torch.tensor(pos_weight)
     val_labels = val_df["label"].to_numpy()
+    skipped_in_batches = [0]
 
     def loss_fn(m: torch.nn.Module, batch: dict[str, torch.Tensor]) -> torch.Tensor:
+        if "n_skipped" in batch:
+            skipped_in_batches[0] += int(batch["n_skipped"])
         logits = m(batch["image"]).float()
         return torch.nn.functional.binary_cross_entropy_with_logits(
             logits, batch["label"].float(), pos_weight=weight.to(logits.device)
@@ -301,10 +318,11 @@ def train_classifier(
 
     def evaluate(m: torch.nn.Module) -> dict[str, float]:
         scores, logits = _predict_loader(m, val_loader, eval_accelerator)
+        ok = ~np.isnan(scores)
         bce = torch.nn.functional.binary_cross_entropy_with_logits(
-            torch.from_numpy(np.array(logits)), torch.tensor(val_labels, dtype=torch.float32)
+            torch.from_numpy(logits[ok]), torch.tensor(val_labels[ok], dtype=torch.float64)
         )
-        return {"val_auc": _auc(val_labels, scores), "val_loss": float(bce)}
+        return {"val_auc": _auc(val_labels[ok], scores[ok]), "val_loss": float(bce)}
 
     _prepare_checkpoints(ckpt, cfg, resume)
     result = fit(
@@ -339,6 +357,13 @@ def train_classifier(
         "pos_weight": pos_weight,
         "attributes": list(data.attributes),
     }
+    if data.skip_bad_images:
+        # missing files (dropped when the datasets were built) + unreadable ones (dropped per batch,
+        # counted once per epoch they were met)
+        missing = train_loader.dataset.n_skipped + val_loader.dataset.n_skipped
+        training["images_skipped"] = {"missing": missing, "unreadable_batch_drops": skipped_in_batches[0]}
+        if missing or skipped_in_batches[0]:
+            log.warning("skip_bad_images: %s", training["images_skipped"])
     out.mkdir(parents=True, exist_ok=True)
     save_checkpoint(model, spec, out, config=cfg.model_dump(mode="json"), training=training)
     write_json(out / "history.json", {"history": result.history, **training})
@@ -350,6 +375,7 @@ def train_classifier(
         image_size=data.image_size,
         channels=data.channels,
         accelerator=eval_accelerator,
+        skip_bad_images=data.skip_bad_images,
     )
     for split_name in sorted(manifest["split"].unique()):
         rows = (manifest["split"] == split_name).to_numpy()
