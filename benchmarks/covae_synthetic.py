@@ -1,0 +1,252 @@
+"""coVAE vs VAE vs beta-VAE on the latent ANM and on Pendulum, over several seeds.
+
+Each seed draws its own DAG, mechanisms and mixing (latent ANM, d = 5, D = 20) or its own Pendulum
+sample; the three models train on the same data with the same seed, so differences are paired. Per run
+we record MCC (Pearson, Spearman), R², validation reconstruction error, the order divergence of the
+learned latents' index order after matching (``order_divergence``) and of the order SCORE recovers on
+them (``order_divergence_score``). The step cost of the ordering loss is timed separately at batch 128.
+
+    python benchmarks/covae_synthetic.py --out runs/bench/covae [--quick] [--seed 0]
+
+Targets: coVAE's mean order divergence below the VAE's, with its mean MCC at most 0.05 below the VAE's
+(latent ANM), and a coVAE step at most 4x a VAE step.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from trustmed.causal import CoVAE, encode, fit_covae, ordering_loss, reconstruct
+from trustmed.data.synth.anm import make_latent_anm
+from trustmed.data.synth.pendulum import make_pendulum
+from trustmed.io import write_json
+from trustmed.metrics.causal import causal_metrics
+from trustmed.utils import seed_everything
+
+log = logging.getLogger("covae_synthetic")
+
+METHODS = {
+    "vae": {"alpha": 0.0, "beta": 1.0},
+    "beta_vae": {"alpha": 0.0, "beta": 4.0},
+    "covae": {"alpha": 10.0, "beta": 1.0, "tau": 1.0},
+}
+
+
+def _dataset(kind: str, seed: int, n: int, image_size: int):
+    if kind == "anm":
+        data = make_latent_anm(n=n, d=5, observed_dim=20, seed=seed)
+        x = (data.x - data.x.mean(0)) / data.x.std(0)
+        return data, x.astype(np.float32)
+    data = make_pendulum(n=n, image_size=image_size, seed=seed)
+    return data, data.x
+
+
+def _model(kind: str, x: np.ndarray, latent_dim: int, prior: str) -> CoVAE:
+    if kind == "anm":
+        return CoVAE(x.shape[1], latent_dim, hidden=64, depth=2, prior=prior)
+    return CoVAE(None, latent_dim, image_size=x.shape[-1], channels=1, hidden=32, prior=prior)
+
+
+def run_one(kind: str, method: str, seed: int, args) -> dict:
+    data, x = _dataset(kind, seed, args.n, args.image_size)
+    n_val = len(x) // 5
+    perm = np.random.default_rng(seed).permutation(len(x))
+    val, train = perm[:n_val], perm[n_val:]
+    seed_everything(seed)
+    model = _model(kind, x, data.z.shape[1], args.prior)
+    steps_per_epoch = len(train) // args.batch_size
+    epochs = max(1, round(args.steps[kind] / steps_per_epoch))
+    settings = dict(METHODS[method])
+    if settings["alpha"] > 0:
+        settings.update(
+            warmup_epochs=round(args.warmup * epochs),
+            ramp_epochs=round(args.ramp * epochs),
+            scale_aware=args.scale_aware,
+        )
+    t0 = time.perf_counter()
+    fit_covae(model, x[train], epochs=epochs, batch_size=args.batch_size, lr=args.lr, seed=seed, **settings)
+    wall = time.perf_counter() - t0
+    latents = encode(model, x[val])
+    recon = reconstruct(model, x[val])
+    row = causal_metrics(data.z[val], latents, data.adjacency)
+    true_ordered = torch.as_tensor(data.z[val][:, data.order], dtype=torch.float64)
+    row["order_loss_true_latents"] = float(ordering_loss(true_ordered))
+    row["order_loss_learned"] = float(ordering_loss(torch.as_tensor(latents, dtype=torch.float64)))
+    row.update(
+        dataset=kind,
+        method=method,
+        seed=seed,
+        epochs=epochs,
+        recon_mse=float(np.mean((recon - x[val]) ** 2)),
+        wall_time_s=wall,
+    )
+    row.pop("match")
+    log.info(
+        "%s %s seed %d: %s", kind, method, seed, {k: row[k] for k in ("mcc_pearson", "order_divergence")}
+    )
+    return row
+
+
+def step_overhead(batch_size: int = 128, rounds: int = 5, steps: int = 20) -> dict:
+    """Median time of one optimiser step, VAE vs coVAE (alpha > 0), on the latent ANM model."""
+    torch.manual_seed(0)
+    x = torch.randn(batch_size, 20)
+    times: dict[str, list[float]] = {"vae": [], "covae": []}
+    model = CoVAE(20, 5)
+    opt = torch.optim.Adam(model.parameters(), lr=1e-3)
+    for _ in range(rounds):
+        for name, alpha in (("vae", 0.0), ("covae", 10.0)):
+            for _ in range(3):
+                opt.zero_grad()
+                model(x, alpha=alpha)["loss"].backward()
+                opt.step()
+            t0 = time.perf_counter()
+            for _ in range(steps):
+                opt.zero_grad()
+                model(x, alpha=alpha)["loss"].backward()
+                opt.step()
+            times[name].append((time.perf_counter() - t0) / steps)
+    vae, covae = float(np.median(times["vae"])), float(np.median(times["covae"]))
+    return {
+        "vae_step_ms": 1e3 * vae,
+        "covae_step_ms": 1e3 * covae,
+        "ratio": covae / vae,
+        "batch_size": batch_size,
+    }
+
+
+def summarise(rows: list[dict], kind: str) -> dict:
+    out: dict = {}
+    keys = ("mcc_pearson", "mcc_spearman", "r2", "recon_mse", "order_divergence", "order_divergence_score")
+    for method in METHODS:
+        sel = [r for r in rows if r["dataset"] == kind and r["method"] == method]
+        if not sel:
+            continue
+        out[method] = {k: float(np.mean([r[k] for r in sel])) for k in keys}
+        out[method].update({f"{k}_std": float(np.std([r[k] for r in sel])) for k in keys})
+        out[method]["n_runs"] = len(sel)
+    vae = {r["seed"]: r for r in rows if r["dataset"] == kind and r["method"] == "vae"}
+    cov = {r["seed"]: r for r in rows if r["dataset"] == kind and r["method"] == "covae"}
+    seeds = sorted(set(vae) & set(cov))
+    if seeds:
+        diff = np.array([cov[s]["order_divergence"] - vae[s]["order_divergence"] for s in seeds], dtype=float)
+        out["paired_order_divergence_diff"] = {
+            "mean": float(diff.mean()),
+            "sem": float(diff.std(ddof=1) / np.sqrt(len(diff))) if len(diff) > 1 else None,
+            "wins": int((diff < 0).sum()),
+            "ties": int((diff == 0).sum()),
+            "losses": int((diff > 0).sum()),
+            "n_pairs": len(seeds),
+        }
+        drop = np.array([vae[s]["mcc_pearson"] - cov[s]["mcc_pearson"] for s in seeds])
+        out["paired_mcc_drop"] = {"mean": float(drop.mean()), "max": float(drop.max())}
+    return out
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--out", type=Path, default=Path("runs/bench/covae_synthetic"))
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--quick", action="store_true")
+    parser.add_argument("--seeds", type=int, default=None, help="number of seeds (default 5, 2 with --quick)")
+    parser.add_argument("--datasets", default="anm,pendulum")
+    parser.add_argument("--methods", default="vae,beta_vae,covae")
+    parser.add_argument("--prior", default="normal", choices=["normal", "gmm"])
+    parser.add_argument("--scale-aware", action="store_true")
+    parser.add_argument("--alpha", type=float, default=10.0)
+    parser.add_argument("--tau", type=float, default=1.0)
+    parser.add_argument("--warmup", type=float, default=0.25, help="fraction of training with alpha = 0")
+    parser.add_argument("--ramp", type=float, default=0.25, help="fraction of training ramping alpha up")
+    parser.add_argument("--pendulum-steps", type=int, default=None, help="optimiser steps on Pendulum")
+    parser.add_argument("--from-results", type=Path, default=None, help="only re-print a results.json")
+    args = parser.parse_args()
+    if args.from_results is not None:
+        saved = json.loads(args.from_results.read_text())
+        if isinstance(saved, list):  # runs_partial.json of an unfinished run
+            saved = {"runs": saved, "step": None}
+        kinds = sorted({r["dataset"] for r in saved["runs"]})
+        saved["summary"] = {k: summarise(saved["runs"], k) for k in kinds}
+        report(saved, args.from_results.parent)
+        return
+    logging.basicConfig(level=logging.INFO, format="%(message)s")
+    torch.set_num_threads(1)
+    METHODS["covae"].update(alpha=args.alpha, tau=args.tau)
+    n_seeds = args.seeds or (2 if args.quick else 5)
+    args.n = 1000 if args.quick else 2000
+    args.image_size = 32
+    args.batch_size = 128
+    args.lr = 2e-3
+    args.steps = {"anm": 300, "pendulum": 150} if args.quick else {"anm": 2000, "pendulum": 1000}
+    if args.pendulum_steps is not None:
+        args.steps["pendulum"] = args.pendulum_steps
+    datasets = args.datasets.split(",")
+    if args.quick:
+        datasets = [d for d in datasets if d == "anm"] or datasets[:1]
+    args.out.mkdir(parents=True, exist_ok=True)
+    rows = []
+    for kind in datasets:
+        for i in range(n_seeds):
+            for method in args.methods.split(","):
+                rows.append(run_one(kind, method, args.seed + i, args))
+                write_json(args.out / "runs_partial.json", rows)
+    overhead = step_overhead(rounds=3 if args.quick else 7)
+    summary = {kind: summarise(rows, kind) for kind in datasets}
+    result = {
+        "settings": {k: v for k, v in vars(args).items()},
+        "runs": rows,
+        "summary": summary,
+        "step": overhead,
+    }
+    args.out.mkdir(parents=True, exist_ok=True)
+    write_json(args.out / "results.json", result)
+    report(result, args.out)
+
+
+def markdown_table(summary: dict) -> str:
+    """Mean ± std over seeds per dataset and method, as a Markdown table."""
+    lines = [
+        "| data | model | MCC (Pearson) | MCC (Spearman) | R² | recon MSE | D_top latent order "
+        "| D_top SCORE on latents |",
+        "| --- | --- | --- | --- | --- | --- | --- | --- |",
+    ]
+    keys = ("mcc_pearson", "mcc_spearman", "r2", "recon_mse", "order_divergence", "order_divergence_score")
+    for kind, per_method in summary.items():
+        for method in METHODS:
+            if method not in per_method:
+                continue
+            m = per_method[method]
+            cells = [f"{m[k]:.3f} ± {m[k + '_std']:.3f}" if k != "recon_mse" else f"{m[k]:.4f}" for k in keys]
+            lines.append(f"| {kind} | {method} (n={m['n_runs']}) | " + " | ".join(cells) + " |")
+    return "\n".join(lines) + "\n"
+
+
+def report(result: dict, out: Path) -> None:
+    """Write ``table.md`` and print the TARGET lines."""
+    summary = result["summary"]
+    (out / "table.md").write_text(markdown_table(summary))
+    print(markdown_table(summary))
+    for kind, s in summary.items():
+        if "paired_order_divergence_diff" not in s:
+            continue
+        suffix = "" if kind == "anm" else f"_{kind}"
+        paired = s["paired_order_divergence_diff"]
+        d_div, d_mcc = paired["mean"], s["paired_mcc_drop"]["mean"]
+        print(f"paired D_top difference coVAE - VAE ({kind}): {paired}")
+        verdict_div = "PASS" if d_div < 0 else "MISS"
+        verdict_mcc = "PASS" if d_mcc <= 0.05 else "MISS"
+        print(f"TARGET covae_order_divergence_vs_vae{suffix}: {d_div:+.2f} (goal < 0) {verdict_div}")
+        print(f"TARGET covae_mcc_drop{suffix}: {d_mcc:.3f} (goal <= 0.05) {verdict_mcc}")
+    if result.get("step"):
+        ratio = result["step"]["ratio"]
+        print(f"TARGET covae_step_overhead: {ratio:.2f} (goal <= 4.0) {'PASS' if ratio <= 4.0 else 'MISS'}")
+
+
+if __name__ == "__main__":
+    main()
