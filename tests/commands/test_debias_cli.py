@@ -1,0 +1,176 @@
+"""``trustmed debias`` and ``trustmed debias compare`` on a tiny SynthSkin, and their bad-input paths."""
+
+import json
+
+import pandas as pd
+import pytest
+import torch
+from typer.testing import CliRunner
+
+from trustmed.cli import app
+from trustmed.data.synth.skin import generate_synthskin
+from trustmed.models import ModelSpec, build_model, load_checkpoint, save_checkpoint
+
+runner = CliRunner()
+FAST = ["--set", "epochs=1", "--set", "n_boot=20", "--quiet"]
+
+
+@pytest.fixture(scope="module")
+def workspace(tmp_path_factory):
+    root = tmp_path_factory.mktemp("debias_cli")
+    data = generate_synthskin(
+        root / "skin", seed=0, image_size=16, n_train=48, n_val=40, n_external=40, n_test=40, n_ood=0
+    )
+    torch.manual_seed(0)
+    spec = ModelSpec(arch="tiny_cnn", image_size=16, width=4)
+    config = {"data": {"dataset": "fitzpatrick17k", "root": str(data)}, "optim": {"epochs": 1}}
+    ckpt = save_checkpoint(build_model(spec), spec, root / "erm", config=config)
+    return root, data, ckpt
+
+
+def test_help_shows_the_single_run_options_and_compare():
+    result = runner.invoke(app, ["debias", "--help"])
+    assert result.exit_code == 0
+    for word in ("--method", "--checkpoint", "--external", "--attribute", "compare"):
+        assert word in result.output, word
+
+
+def test_single_method_writes_checkpoint_predictions_and_audits(workspace):
+    root, data, ckpt = workspace
+    out = root / "swift_run"
+    args = [
+        "debias",
+        "--method",
+        "swift",
+        "--checkpoint",
+        str(ckpt),
+        "--external",
+        str(data),
+        "--attribute",
+        "skin_tone",
+        "--out",
+        str(out),
+        "--set",
+        "params.batch_size=16",
+        *FAST,
+    ]
+    result = runner.invoke(app, args)
+    assert result.exit_code == 0, result.output
+    for name in (
+        "model.safetensors",
+        "model.json",
+        "predictions_test.csv",
+        "predictions_before_test.csv",
+        "audit_before/test/metrics.json",
+        "audit_after/test/metrics.json",
+        "debias.json",
+        "history.json",
+    ):
+        assert (out / name).is_file(), name
+    debiased, _, meta = load_checkpoint(out)
+    original, _, _ = load_checkpoint(ckpt)
+    assert not torch.equal(debiased.head.weight, original.head.weight)
+    assert meta["debias"]["method"] == "swift" and meta["debias"]["cost"]["epochs"] == 2
+    after = json.loads((out / "audit_after/test/metrics.json").read_text())
+    assert set(after["groups"]) == {"light", "dark"} and "eodds_mean_gap" in after["gaps"]
+    preds = pd.read_csv(out / "predictions_test.csv")
+    assert {"sample_id", "label", "score", "skin_tone", "split"} <= set(preds.columns)
+
+
+def test_compare_writes_table_and_pareto(workspace):
+    root, data, ckpt = workspace
+    out = root / "compare_run"
+    args = [
+        "debias",
+        "compare",
+        "--checkpoint",
+        str(ckpt),
+        "--external",
+        str(data),
+        "--out",
+        str(out),
+        "--set",
+        "quick=true",
+        "--set",
+        "methods=[erm,swift,fairprune,group_thresholds]",
+        "--set",
+        "eval_splits=[test]",
+        *FAST,
+    ]
+    result = runner.invoke(app, args)
+    assert result.exit_code == 0, result.output
+    table = pd.read_csv(out / "comparison.csv")
+    assert set(table["method"]) == {"erm", "swift", "fairprune", "group_thresholds"}
+    for col in ("auc_lo", "eodds_mean_gap_hi", "worst_group_auc", "wall_time_s", "samples_seen", "epochs"):
+        assert col in table.columns, col
+    assert (out / "pareto_test_0.5.png").stat().st_size > 1000
+    assert (out / "pareto_test_tuned.png").is_file()
+
+
+def _expect_error(args, out, match):
+    result = runner.invoke(app, [*args, "--out", str(out), *FAST])
+    assert result.exit_code == 2, result.output
+    assert match in result.output
+    assert not out.exists()
+
+
+def test_external_set_with_a_single_group_is_rejected(workspace, tmp_path):
+    root, data, ckpt = workspace
+    from trustmed.data import load_dataset
+
+    manifest = load_dataset("fitzpatrick17k", data)
+    manifest["path"] = [str(data / p) for p in manifest["path"]]
+    manifest.loc[manifest["split"] == "external", "skin_tone"] = "light"
+    csv = tmp_path / "manifest.csv"
+    manifest.to_csv(csv, index=False)
+    args = ["debias", "--checkpoint", str(ckpt), "--external", str(csv), "--attribute", "skin_tone"]
+    _expect_error(args, tmp_path / "out", "single group")
+
+
+def test_external_set_with_a_single_class_is_rejected(workspace, tmp_path):
+    root, data, ckpt = workspace
+    from trustmed.data import load_dataset
+
+    manifest = load_dataset("fitzpatrick17k", data)
+    manifest["path"] = [str(data / p) for p in manifest["path"]]
+    manifest = manifest[(manifest["split"] != "external") | (manifest["label"] == 1)]
+    csv = tmp_path / "manifest.csv"
+    manifest.to_csv(csv, index=False)
+    args = ["debias", "--checkpoint", str(ckpt), "--external", str(csv), "--attribute", "skin_tone"]
+    _expect_error(args, tmp_path / "out", "both classes")
+
+
+def test_missing_attribute_is_rejected(workspace, tmp_path):
+    _, data, ckpt = workspace
+    args = ["debias", "--checkpoint", str(ckpt), "--external", str(data), "--attribute", "ethnicity"]
+    _expect_error(args, tmp_path / "out", "'ethnicity' not found")
+
+
+def test_checkpoint_not_matching_its_model_json_is_rejected(workspace, tmp_path):
+    _, data, ckpt = workspace
+    bad = tmp_path / "bad_ckpt"
+    bad.mkdir()
+    (bad / "model.safetensors").write_bytes((ckpt / "model.safetensors").read_bytes())
+    payload = json.loads((ckpt / "model.json").read_text())
+    payload["spec"]["width"] = 8
+    (bad / "model.json").write_text(json.dumps(payload))
+    args = ["debias", "--checkpoint", str(bad), "--external", str(data), "--attribute", "skin_tone"]
+    _expect_error(args, tmp_path / "out", "do not match")
+    _expect_error(
+        ["debias", "compare", "--checkpoint", str(bad), "--external", str(data)],
+        tmp_path / "out2",
+        "do not match",
+    )
+
+
+def test_example_configs_load():
+    from pathlib import Path
+
+    from trustmed.commands.debias import DebiasCompareConfig
+    from trustmed.config import load_config
+
+    examples = sorted((Path(__file__).parents[2] / "examples").glob("debias_*.yaml"))
+    assert len(examples) == 5
+    for path in examples:
+        cfg = load_config(DebiasCompareConfig, path)
+        assert cfg.attribute and cfg.data.root is not None
