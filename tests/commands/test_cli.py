@@ -34,6 +34,8 @@ def test_unknown_config_key_is_exit_2_with_suggestion(tmp_path, command):
 
 
 def test_missing_config_file_is_exit_2(tmp_path):
-    result = runner.invoke(app, ["train", "--config", str(tmp_path / "none.yaml"), "--out", str(tmp_path / "o")])
+    result = runner.invoke(
+        app, ["train", "--config", str(tmp_path / "none.yaml"), "--out", str(tmp_path / "o")]
+    )
     assert result.exit_code == 2
     assert "config file not found" in result.output
