@@ -32,6 +32,7 @@ DATASETS: dict[str, str] = {
     "isic2020": "trustmed.data.isic:load_isic2020",
     "chexpert": "trustmed.data.chexpert:load_chexpert",
     "mimic_cxr": "trustmed.data.mimic:load_mimic_cxr",
+    "nih": "trustmed.data.nih:load_nih",
     "waterbirds": "trustmed.data.waterbirds:load_waterbirds",
     "coloreddigits": "trustmed.data.waterbirds:load_waterbirds",
     "mnms": "trustmed.data.mnms:load_mnms",

@@ -1,10 +1,19 @@
-"""NIH ChestX-ray14 bounding boxes (``BBox_List_2017.csv``) as phrase-grounding pairs.
+"""NIH ChestX-ray14: the image labels (``Data_Entry_2017.csv``) as a classification manifest, and the
+bounding boxes (``BBox_List_2017.csv``) as phrase-grounding pairs.
 
 ChestX-ray8/14 (Wang et al., "ChestX-ray8: Hospital-scale Chest X-ray Database and Benchmarks on
-Weakly-Supervised Classification and Localization of Common Thorax Diseases", CVPR 2017) ships about
-1,000 boxes for eight findings. The BBox file's header is ``Image Index,Finding Label,Bbox
-[x,y,w,h],,,`` — the box spans four columns and trailing empty columns follow — so columns are read
-by position. Images are the 1024² PNGs under ``images/`` (or ``images_*/images/``).
+Weakly-Supervised Classification and Localization of Common Thorax Diseases", CVPR 2017) ships
+112,120 frontal images of 30,805 patients. ``Data_Entry_2017.csv`` (or ``Data_Entry_2017_v2020.csv``)
+has ``Image Index, Finding Labels, Follow-up #, Patient ID, Patient Age, Patient Gender, View
+Position`` (then image size and pixel spacing); ``Finding Labels`` is ``|``-separated, with ``No
+Finding`` for normal images; ``Patient Gender`` is ``M``/``F``. The official split lists
+``train_val_list.txt`` / ``test_list.txt`` are used when present (train_val re-split into train/val
+by patient), otherwise a seeded patient-level split.
+
+The BBox file ships about 1,000 boxes for eight findings. Its header is ``Image Index,Finding
+Label,Bbox [x,y,w,h],,,`` — the box spans four columns and trailing empty columns follow — so
+columns are read by position. Images are the 1024² PNGs under ``images/`` (or
+``images_*/images/``).
 """
 
 from __future__ import annotations
@@ -14,10 +23,37 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from trustmed.data.manifest import age_bins, stratified_split, validate_manifest
 from trustmed.data.mscxr import GROUNDING_COLUMNS
 from trustmed.errors import InputError
 
-__all__ = ["load_nih_bbox"]
+__all__ = ["FINDINGS", "load_nih", "load_nih_bbox"]
+
+FINDINGS: tuple[str, ...] = (
+    "Atelectasis",
+    "Cardiomegaly",
+    "Effusion",
+    "Infiltration",
+    "Mass",
+    "Nodule",
+    "Pneumonia",
+    "Pneumothorax",
+    "Consolidation",
+    "Edema",
+    "Emphysema",
+    "Fibrosis",
+    "Pleural_Thickening",
+    "Hernia",
+)
+_ENTRY_COLUMNS = (
+    "Image Index",
+    "Finding Labels",
+    "Patient ID",
+    "Patient Age",
+    "Patient Gender",
+    "View Position",
+)
+_DEFAULT_SPLIT = {"train": 0.70, "val": 0.10, "external": 0.05, "test": 0.15}
 
 
 def _image_path(root: Path, name: str) -> Path:
@@ -28,6 +64,107 @@ def _image_path(root: Path, name: str) -> Path:
         if (folder / name).is_file():
             return folder / name
     return direct
+
+
+def _entry_csv(root: Path) -> Path:
+    for name in ("Data_Entry_2017_v2020.csv", "Data_Entry_2017.csv"):
+        if (root / name).is_file():
+            return root / name
+    raise InputError(f"NIH ChestX-ray14: neither Data_Entry_2017.csv nor Data_Entry_2017_v2020.csv in {root}")
+
+
+def _official_split(root: Path, df: pd.DataFrame, seed: int) -> pd.Series | None:
+    lists = root / "train_val_list.txt", root / "test_list.txt"
+    if not all(p.is_file() for p in lists):
+        return None
+    test = set(lists[1].read_text().split())
+    split = pd.Series(np.where(df["sample_id"].isin(test), "test", "train"), index=df.index)
+    train_val = df[split == "train"]
+    inner = stratified_split(train_val, {"train": 0.875, "val": 0.125}, seed=seed, stratify=("label",))
+    split.loc[train_val.index] = inner.to_numpy()
+    return split
+
+
+def load_nih(
+    root: str | Path,
+    *,
+    finding: str = "Effusion",
+    view: str | None = None,
+    split: str = "official",
+    split_fractions: dict[str, float] | None = None,
+    seed: int = 0,
+) -> pd.DataFrame:
+    """Read NIH ChestX-ray14's ``Data_Entry_2017(.v2020).csv`` under ``root`` into a manifest.
+
+    Parameters
+    ----------
+    root : the dataset folder (the CSV, optional split lists, ``images/`` or ``images_*/images/``).
+    finding : the target, one of :data:`FINDINGS` (label 1 when it appears in ``Finding Labels``),
+        or ``"any"`` (label 1 for every image that is not ``No Finding``).
+    view : keep one ``View Position`` (``PA`` or ``AP``) only.
+    split : ``official`` (the split lists when present, else as ``patient``) or ``patient`` (a
+        seeded patient-level split stratified by label, 70/10/5/15 % train/val/external/test).
+
+    The manifest has ``sex`` (``male``/``female``/``unknown``), ``age``, ``age_bin``, ``view``,
+    ``follow_up`` and ``findings`` (the original ``|``-separated string).
+
+    >>> import tempfile, pathlib
+    >>> root = pathlib.Path(tempfile.mkdtemp())
+    >>> rows = ["Image Index,Finding Labels,Follow-up #,Patient ID,Patient Age,Patient Gender,View Position",
+    ...         "00000001_000.png,Cardiomegaly|Effusion,0,1,58,M,PA",
+    ...         "00000002_000.png,No Finding,0,2,81,F,AP"]
+    >>> _ = (root / "Data_Entry_2017.csv").write_text("\\n".join(rows))
+    >>> load_nih(root, split="patient")[["label", "sex", "age_bin", "view"]].values.tolist()
+    [[1, 'male', '40-59', 'PA'], [0, 'female', '75+', 'AP']]
+    """
+    if finding != "any" and finding not in FINDINGS:
+        raise InputError(f"NIH finding must be 'any' or one of {list(FINDINGS)}, got {finding!r}")
+    if split not in ("official", "patient"):
+        raise InputError(f"NIH split must be 'official' or 'patient', got {split!r}")
+    root = Path(root)
+    if not root.is_dir():
+        raise InputError(f"NIH ChestX-ray14 root {root}: not a folder")
+    csv_path = _entry_csv(root)
+    raw = pd.read_csv(csv_path, dtype={"Image Index": str, "Finding Labels": str, "Patient ID": str})
+    missing = [c for c in _ENTRY_COLUMNS if c not in raw.columns]
+    if missing:
+        raise InputError(
+            f"{csv_path}: missing column(s) {', '.join(repr(c) for c in missing)}; "
+            f"available: {', '.join(map(str, raw.columns))}"
+        )
+    labels = raw["Finding Labels"].fillna("No Finding").str.split("|")
+    if finding == "any":
+        target = labels.map(lambda found: found != ["No Finding"])
+    else:
+        target = labels.map(lambda found: finding in found)
+    sex = raw["Patient Gender"].astype(str).str.upper().map({"M": "male", "F": "female"}).fillna("unknown")
+    out = pd.DataFrame(
+        {
+            "sample_id": raw["Image Index"],
+            "path": [str(_image_path(root, name).relative_to(root)) for name in raw["Image Index"]],
+            "label": target.astype(int).to_numpy(),
+            "patient_id": raw["Patient ID"].astype(str),
+            "sex": sex,
+            "age": pd.to_numeric(raw["Patient Age"], errors="coerce"),
+            "view": raw["View Position"].astype(str),
+            "follow_up": pd.to_numeric(raw.get("Follow-up #"), errors="coerce"),
+            "findings": raw["Finding Labels"],
+        }
+    )
+    # a few ages in the 2017 release are in months or implausible (e.g. 412): treated as unknown
+    out.loc[(out["age"] < 0) | (out["age"] > 120), "age"] = np.nan
+    out["age_bin"] = age_bins(out["age"]).to_numpy()
+    if view is not None:
+        out = out[out["view"] == view].reset_index(drop=True)
+        if out.empty:
+            raise InputError(f"{csv_path}: no images with View Position {view!r}")
+    official = _official_split(root, out, seed) if split == "official" else None
+    if official is None:
+        official = stratified_split(
+            out, dict(split_fractions or _DEFAULT_SPLIT), seed=seed, stratify=("label",)
+        )
+    out["split"] = official.to_numpy()
+    return validate_manifest(out, attributes=("sex", "age_bin"), where=str(csv_path))
 
 
 def load_nih_bbox(
