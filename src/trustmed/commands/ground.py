@@ -217,10 +217,9 @@ def eval_cmd(
         c = console()
         for metric in ("miou", "auroc", "cnr", "pointing_game"):
             m = summary["overall"][metric]
-            c.print(
-                f"{metric}: {m['value']:.3f} {m.get('ci', '')} "
-                f"(macro {summary['macro'][metric]['value']:.3f})"
-            )
+            ci = m.get("ci")
+            ci_text = f" [{ci[0]:.3f}, {ci[1]:.3f}]" if ci and None not in ci else ""
+            c.print(f"{metric}: {m['value']:.3f}{ci_text} (macro {summary['macro'][metric]['value']:.3f})")
 
 
 @cli_command
