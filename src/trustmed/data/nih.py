@@ -23,6 +23,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from trustmed.data.chexpert import read_csv_checked
 from trustmed.data.manifest import age_bins, stratified_split, validate_manifest
 from trustmed.data.mscxr import GROUNDING_COLUMNS
 from trustmed.errors import InputError
@@ -125,13 +126,9 @@ def load_nih(
     if not root.is_dir():
         raise InputError(f"NIH ChestX-ray14 root {root}: not a folder")
     csv_path = _entry_csv(root)
-    raw = pd.read_csv(csv_path, dtype={"Image Index": str, "Finding Labels": str, "Patient ID": str})
-    missing = [c for c in _ENTRY_COLUMNS if c not in raw.columns]
-    if missing:
-        raise InputError(
-            f"{csv_path}: missing column(s) {', '.join(repr(c) for c in missing)}; "
-            f"available: {', '.join(map(str, raw.columns))}"
-        )
+    raw = read_csv_checked(
+        csv_path, _ENTRY_COLUMNS, dtype={"Image Index": str, "Finding Labels": str, "Patient ID": str}
+    )
     labels = raw["Finding Labels"].fillna("No Finding").str.split("|")
     if finding == "any":
         target = labels.map(lambda found: found != ["No Finding"])
