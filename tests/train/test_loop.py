@@ -3,7 +3,7 @@
 import torch
 from torch.utils.data import DataLoader, TensorDataset
 
-from trustmed.train import fit, predict
+from trustmed.train import fit, make_accelerator, predict
 from trustmed.utils import seed_everything
 
 
@@ -72,3 +72,12 @@ def test_predict_gathers_every_sample_once():
     out = predict(torch.nn.Identity(), loader, lambda m, b: {"x": m(b[0]).squeeze(1), "index": b[1]})
     assert out["index"].tolist() == list(range(10))
     assert torch.equal(out["x"], x.squeeze(1))
+
+
+def test_runs_with_other_precision_in_one_process():
+    # Accelerate keeps one global state per process; the demo trains several models in a row with
+    # different settings (bf16 on a GPU for the classifier, none for others).
+    first = make_accelerator("bf16", cpu=True)
+    assert first.mixed_precision == "bf16"
+    assert make_accelerator("no", cpu=True).mixed_precision == "no"
+    assert make_accelerator(cpu=True).mixed_precision == "no"  # None keeps the current setting

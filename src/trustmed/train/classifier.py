@@ -301,7 +301,6 @@ def train_classifier(
         else None
     )
     accelerator = make_accelerator(cfg.mixed_precision, cpu=cfg.cpu)
-    eval_accelerator = make_accelerator("no", cpu=cfg.cpu)
     n_pos = int(train_df["label"].sum())
     pos_weight = (len(train_df) - n_pos) / n_pos if cfg.loss == "weighted_bce" else 1.0
     weight = torch.tensor(pos_weight)
@@ -317,7 +316,7 @@ def train_classifier(
         )
 
     def evaluate(m: torch.nn.Module) -> dict[str, float]:
-        scores, logits = _predict_loader(m, val_loader, eval_accelerator)
+        scores, logits = _predict_loader(m, val_loader, accelerator)
         ok = ~np.isnan(scores)
         bce = torch.nn.functional.binary_cross_entropy_with_logits(
             torch.from_numpy(logits[ok]), torch.tensor(val_labels[ok], dtype=torch.float64)
@@ -374,7 +373,7 @@ def train_classifier(
         data.root,
         image_size=data.image_size,
         channels=data.channels,
-        accelerator=eval_accelerator,
+        accelerator=accelerator,
         skip_bad_images=data.skip_bad_images,
     )
     for split_name in sorted(manifest["split"].unique()):

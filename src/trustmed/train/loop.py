@@ -40,16 +40,27 @@ __all__ = ["FitResult", "fit", "predict", "make_accelerator"]
 log = logging.getLogger(__name__)
 
 
-def make_accelerator(mixed_precision: str = "no", cpu: bool = False):
-    """An ``accelerate.Accelerator``; ``mixed_precision="auto"`` picks bf16/fp16 on a GPU, none on CPU."""
+def make_accelerator(mixed_precision: str | None = None, cpu: bool = False):
+    """An ``accelerate.Accelerator`` for one run.
+
+    ``mixed_precision="auto"`` picks bf16 (or fp16) on a GPU and none on a CPU; ``None`` keeps the
+    precision of the run already set up in this process (none if there is none). Accelerate keeps
+    one global state per process and refuses a second accelerator with other settings, so when a
+    new run in the same process (the demo trains several models) asks for other settings, that
+    state is reset first; the process group of a distributed launch is kept.
+    """
     from accelerate import Accelerator
+    from accelerate.state import AcceleratorState
     from accelerate.utils import DataLoaderConfiguration
 
+    state = AcceleratorState._shared_state
     if mixed_precision == "auto":
-        if torch.cuda.is_available() and not cpu:
-            mixed_precision = "bf16" if torch.cuda.is_bf16_supported() else "fp16"
-        else:
-            mixed_precision = "no"
+        on_gpu = torch.cuda.is_available() and not cpu
+        mixed_precision = ("bf16" if torch.cuda.is_bf16_supported() else "fp16") if on_gpu else "no"
+    elif mixed_precision is None:
+        mixed_precision = state.get("_mixed_precision", "no")
+    if state and (state.get("_mixed_precision") != mixed_precision or bool(state.get("_cpu")) != cpu):
+        AcceleratorState._reset_state(reset_partial_state=False)
     # A seedable sampler shuffles each epoch from (seed, epoch), so a resumed run sees the same
     # batches as an uninterrupted one.
     return Accelerator(
