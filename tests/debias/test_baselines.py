@@ -31,7 +31,7 @@ def _data(n: int = 96, seed: int = 0) -> GroupedSet:
 
 
 def _state(model):
-    return {k: v.detach().clone() for k, v in model.state_dict().items()}
+    return {k: v.detach().cpu().clone() for k, v in model.state_dict().items()}
 
 
 @pytest.mark.parametrize("fair", [False, True])
@@ -60,8 +60,8 @@ def test_bmft_hard_mask_and_reinitialised_head():
         assert torch.equal(mask, expected[name])
     torch.manual_seed(4)
     fresh = torch.nn.Linear(model.head.in_features, 1)
-    assert torch.equal(bmft.model_.head.weight, fresh.weight)
-    assert not torch.equal(bmft.model_.head.weight, model.head.weight)
+    assert torch.equal(bmft.model_.head.weight.cpu(), fresh.weight)
+    assert not torch.equal(bmft.model_.head.weight.cpu(), model.head.weight)
 
 
 def test_fairprune_prunes_exactly_k_percent_of_lowest_saliency():
@@ -116,7 +116,7 @@ def test_retrain_fair_starts_from_scratch_with_the_erm_schedule():
     fitted = retrain.fit(model, _data(), _data(seed=1))
     assert fitted.cost_["epochs"] == 2 and fitted.cost_["samples_seen"] == 2 * 96
     untrained = RetrainFair(epochs=0, seed=7).fit(model, _data())
-    assert not torch.equal(untrained.model_.head.weight, model.head.weight)
+    assert not torch.equal(untrained.model_.head.weight.cpu(), model.head.weight)
 
 
 def test_selection_guard_rejects_collapsed_models():

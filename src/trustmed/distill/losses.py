@@ -136,8 +136,8 @@ class GroupDistilLoss(nn.Module):
 
     @property
     def group_weights(self) -> torch.Tensor:
-        """The current group weights ``q`` (a distribution over groups)."""
-        return self.log_q.detach().exp()
+        """The current group weights ``q`` (a distribution over groups), on the CPU."""
+        return self.log_q.detach().exp().cpu()
 
     def per_sample(
         self, student_logits: torch.Tensor, labels: torch.Tensor, teacher_logits: torch.Tensor | None

@@ -383,7 +383,7 @@ def train_classifier(
         predictions[split_name] = table
     return TrainResult(
         out_dir=out,
-        model=model,
+        model=model.cpu().eval(),  # device-independent, like the checkpoint
         spec=spec,
         fit=result,
         val_auc=float(best_row.get("val_auc", float("nan"))),
