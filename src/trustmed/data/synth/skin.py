@@ -49,23 +49,15 @@ import torch
 from pydantic import Field, model_validator
 
 from trustmed.config import Config
+from trustmed.data.fitzpatrick import OFFICIAL_COLUMNS
 from trustmed.errors import InputError
 
 __all__ = ["FITZPATRICK17K_COLUMNS", "SKIN_RGB", "SynthSkinConfig", "generate_synthskin", "render_lesions"]
 
 log = logging.getLogger(__name__)
 
-FITZPATRICK17K_COLUMNS: tuple[str, ...] = (
-    "md5hash",
-    "fitzpatrick_scale",
-    "fitzpatrick_centaur",
-    "label",
-    "nine_partition_label",
-    "three_partition_label",
-    "qc",
-    "url",
-    "url_alphanum",
-)
+# The real dataset's columns, exactly as the loader expects them.
+FITZPATRICK17K_COLUMNS: tuple[str, ...] = OFFICIAL_COLUMNS
 
 # Mean skin colour (sRGB in [0, 1]) of Fitzpatrick types 1–6.
 SKIN_RGB = np.array(
