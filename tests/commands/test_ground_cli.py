@@ -110,3 +110,85 @@ def test_train_ldm_tiny_run(tmp_path):
     assert summary["n_images"] >= 3 and (out / "model" / "configs" / "inference.json").is_file()
     bad = runner.invoke(app, ["ground", "train-ldm", "--out", str(tmp_path / "x"), "--set", "unet_epoch=1"])
     assert bad.exit_code == 2 and "did you mean" in bad.output
+
+
+@pytest.fixture(scope="module")
+def tune_data(tmp_path_factory):
+    from trustmed.data.synth.cxr import make_synthcxr
+
+    root = tmp_path_factory.mktemp("tune")
+    make_synthcxr(root, n_images=16, image_size=48, seed=4)
+    return root
+
+
+def test_tune_then_apply_the_prompt(tmp_path, model_dir, image_file, tune_data):
+    out = tmp_path / "prompt"
+    args = [
+        "ground",
+        "tune",
+        "--model",
+        str(model_dir),
+        "--root",
+        str(tune_data),
+        "--out",
+        str(out),
+        "--quiet",
+    ]
+    result = runner.invoke(app, [*args, "--lora", "--set", "prompt.epochs=1", "--set", "prompt.batch_size=4"])
+    assert result.exit_code == 0, result.output
+    meta = json.loads((out / "prompt.json").read_text())
+    assert meta["n_ctx"] == 4 and meta["lora"]["targets"] == ["to_k", "to_v"]
+    assert meta["counts"]["with_location"] > 0 and "right" in meta["vocabulary"]["sides"]
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["cpu_time_s"] > 0 and summary["history"]
+    ground = [
+        "ground",
+        "--model",
+        str(model_dir),
+        "--image",
+        str(image_file),
+        "--text",
+        "left pleural effusion",
+    ]
+    run = tmp_path / "run"
+    result = runner.invoke(
+        app,
+        [*ground, "--prompt-tuning", str(out / "prompt.safetensors"), "--out", str(run), "--quiet", *FAST],
+    )
+    assert result.exit_code == 0, result.output
+    assert json.loads((run / "run.json").read_text())["prompt_tuning"].endswith("prompt.safetensors")
+    # a different base model is refused: exit 2, nothing written
+    other = make_random_monai_ldm(tmp_path / "other", seed=5)
+    bad_run = tmp_path / "bad"
+    ground[2] = str(other)
+    result = runner.invoke(
+        app, [*ground, "--prompt-tuning", str(out), "--out", str(bad_run), "--quiet", *FAST]
+    )
+    assert result.exit_code == 2 and "refusing to apply" in result.output
+    assert not bad_run.exists()
+
+
+def test_tune_bad_input_exit_2(tmp_path, model_dir, tune_data):
+    import shutil
+
+    bad_root = tmp_path / "data"
+    shutil.copytree(tune_data, bad_root)
+    first = sorted((bad_root / "anatomy").glob("*.npz"))[0]
+    np.savez_compressed(first, right_upper=np.ones((5, 5), bool))
+    out = tmp_path / "p"
+    args = [
+        "ground",
+        "tune",
+        "--model",
+        str(model_dir),
+        "--root",
+        str(bad_root),
+        "--out",
+        str(out),
+        "--quiet",
+    ]
+    result = runner.invoke(app, [*args, "--set", "prompt.epochs=1"])
+    assert result.exit_code == 2 and "expected the image's" in result.output
+    assert not out.exists()
+    result = runner.invoke(app, [*args, "--set", "prompt.n_ctxx=2"])
+    assert result.exit_code == 2 and "did you mean" in result.output

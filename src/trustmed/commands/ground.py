@@ -1,8 +1,9 @@
 """``trustmed ground``: zero-shot phrase grounding with an LDM's cross-attention.
 
 ``trustmed ground --model DIR --image X --text "…"`` (or ``trustmed ground run …``) writes the
-heatmap and an overlay; ``trustmed ground eval`` scores a dataset; ``trustmed ground train-ldm``
-trains the tiny SynthCXR LDM.
+heatmap and an overlay; ``trustmed ground eval`` scores a dataset; ``trustmed ground tune`` learns an
+anatomy-grounded prompt (``--prompt-tuning FILE`` applies it); ``trustmed ground train-ldm`` trains
+the tiny SynthCXR LDM.
 """
 
 from __future__ import annotations
@@ -16,10 +17,11 @@ import typer
 from trustmed.commands.common import ConfigOpt, OutOpt, QuietOpt, SeedOpt, SetOpt, cli_command, console, load
 from trustmed.config import Config
 from trustmed.errors import InputError
+from trustmed.grounding.prompt_tuning import PromptTuningConfig
 from trustmed.grounding.train_ldm import TinyLDMConfig
 from trustmed.grounding.zero_shot import GroundingConfig
 
-__all__ = ["GroundRunConfig", "GroundEvalConfig", "TrainLDMConfig", "register"]
+__all__ = ["GroundRunConfig", "GroundEvalConfig", "GroundTuneConfig", "TrainLDMConfig", "register"]
 
 log = logging.getLogger(__name__)
 
@@ -28,6 +30,10 @@ ModelOpt = Annotated[
 ]
 ImageOpt = Annotated[Path | None, typer.Option("--image", help="Image file (PNG/JPEG/DICOM).")]
 TextOpt = Annotated[str | None, typer.Option("--text", help="The phrase to ground.")]
+PromptOpt = Annotated[
+    str | None,
+    typer.Option("--prompt-tuning", help="A tuned prompt (prompt.safetensors or its folder) for this model."),
+]
 
 
 class GroundRunConfig(Config):
@@ -37,6 +43,7 @@ class GroundRunConfig(Config):
     model: str = "tiny"
     image: str | None = None
     text: str | None = None
+    prompt_tuning: str | None = None
     grounding: GroundingConfig = GroundingConfig()
 
 
@@ -54,9 +61,35 @@ class GroundEvalConfig(Config):
     seed: int = 0
     model: str = "tiny"
     data: EvalData = EvalData()
+    prompt_tuning: str | None = None
     grounding: GroundingConfig = GroundingConfig()
     n_boot: int = 1000
     n_cases: int = 4
+
+
+class TuneData(Config):
+    """Training data of ``trustmed ground tune``: a grounding table and its anatomy masks.
+
+    ``synthcxr`` generates ``n_images`` phantoms (seed ``seed + 7``) unless ``root`` is given;
+    ``mscxr`` reads an MS-CXR-format CSV under ``root``. ``anatomy``: folder of
+    ``<image_id>.npz`` masks (default ``root/anatomy``). Only sentences and anatomy are used.
+    """
+
+    dataset: Literal["synthcxr", "mscxr"] = "synthcxr"
+    root: str | None = None
+    anatomy: str | None = None
+    split: str = "train"
+    n_images: int = 1000
+    limit: int | None = None
+
+
+class GroundTuneConfig(Config):
+    """Config of ``trustmed ground tune``."""
+
+    seed: int = 0
+    model: str = "tiny"
+    data: TuneData = TuneData()
+    prompt: PromptTuningConfig = PromptTuningConfig()
 
 
 class TrainLDMConfig(TinyLDMConfig):
@@ -79,7 +112,15 @@ def _grounding_overrides(cfg_set, model, image, text):
     return sets
 
 
-def _run(config, set_, out, seed, quiet, model, image, text):
+def _load_prompt(path: str | None):
+    if path is None:
+        return None
+    from trustmed.grounding.prompt_tuning import TunedPrompt
+
+    return TunedPrompt.load(path)
+
+
+def _run(config, set_, out, seed, quiet, model, image, text, prompt_tuning=None):
     import numpy as np
 
     from trustmed.data.mscxr import read_image
@@ -88,7 +129,10 @@ def _run(config, set_, out, seed, quiet, model, image, text):
     from trustmed.grounding.zero_shot import ZeroShotGrounder
     from trustmed.io import staged_dir, write_json
 
-    cfg = load(GroundRunConfig, config, _grounding_overrides(set_, model, None, None), seed)
+    sets = _grounding_overrides(set_, model, None, None)
+    if prompt_tuning is not None:
+        sets.append(f"prompt_tuning={prompt_tuning}")
+    cfg = load(GroundRunConfig, config, sets, seed)
     image_path = Path(image) if image is not None else (Path(cfg.image) if cfg.image else None)
     phrase = text if text is not None else cfg.text
     if image_path is None or phrase is None:
@@ -96,7 +140,7 @@ def _run(config, set_, out, seed, quiet, model, image, text):
     cfg = cfg.model_copy(update={"grounding": cfg.grounding.model_copy(update={"seed": cfg.seed})})
     pixels = read_image(image_path)
     ldm = load_ldm(_model_dir(cfg.model))
-    grounder = ZeroShotGrounder(ldm, cfg.grounding)
+    grounder = ZeroShotGrounder(ldm, cfg.grounding, prompt=_load_prompt(cfg.prompt_tuning))
     heat = grounder.ground([pixels], [phrase])[0]
     with staged_dir(out) as tmp:
         np.save(tmp / "heatmap.npy", heat)
@@ -107,6 +151,7 @@ def _run(config, set_, out, seed, quiet, model, image, text):
                 "image": str(image_path),
                 "text": phrase,
                 "model": str(_model_dir(cfg.model)),
+                "prompt_tuning": cfg.prompt_tuning,
                 "config": cfg.model_dump(),
                 "timing": grounder.timing_,
             },
@@ -125,9 +170,10 @@ def run_cmd(
     model: ModelOpt = None,
     image: ImageOpt = None,
     text: TextOpt = None,
+    prompt_tuning: PromptOpt = None,
 ):
     """Ground one phrase in one image: writes heatmap.npy (NaN outside the field of view) and overlay.png."""
-    _run(config, set_, out, seed, quiet, model, image, text)
+    _run(config, set_, out, seed, quiet, model, image, text, prompt_tuning)
 
 
 def _load_table(cfg: GroundEvalConfig, work: Path):
@@ -163,8 +209,9 @@ def eval_cmd(
     model: ModelOpt = None,
     dataset: Annotated[str | None, typer.Option("--dataset", help="synthcxr, mscxr, vindr or nih.")] = None,
     root: Annotated[str | None, typer.Option("--root", help="Dataset folder.")] = None,
+    prompt_tuning: PromptOpt = None,
 ):
-    """Score zero-shot grounding on a dataset: per-class table with CIs, metrics.json, best/worst figure."""
+    """Score zero-shot or prompt-tuned grounding on a dataset: per-class CIs, metrics.json, cases figure."""
     import tempfile
 
     import pandas as pd
@@ -178,11 +225,14 @@ def eval_cmd(
 
     sets = _grounding_overrides(set_, model, None, None)
     sets += [f"data.{k}={v}" for k, v in (("dataset", dataset), ("root", root)) if v is not None]
+    if prompt_tuning is not None:
+        sets.append(f"prompt_tuning={prompt_tuning}")
     cfg = load(GroundEvalConfig, config, sets, seed)
     ldm = load_ldm(_model_dir(cfg.model))
+    prompt = _load_prompt(cfg.prompt_tuning)
     with tempfile.TemporaryDirectory() as work:
         table = _load_table(cfg, Path(work))
-        grounder = ZeroShotGrounder(ldm, cfg.grounding.model_copy(update={"seed": cfg.seed}))
+        grounder = ZeroShotGrounder(ldm, cfg.grounding.model_copy(update={"seed": cfg.seed}), prompt=prompt)
         heatmaps = ground_table(grounder, table)
         scores = score_table(table, heatmaps)
         summary = summarize(scores, n_boot=cfg.n_boot, seed=cfg.seed)
@@ -206,7 +256,12 @@ def eval_cmd(
                 row[f"{metric}_ci"] = entry[metric].get("ci")
             rows.append(row)
         summary.update(
-            {"dataset": cfg.data.dataset, "model": str(_model_dir(cfg.model)), "timing": grounder.timing_}
+            {
+                "dataset": cfg.data.dataset,
+                "model": str(_model_dir(cfg.model)),
+                "prompt_tuning": cfg.prompt_tuning,
+                "timing": grounder.timing_,
+            }
         )
         with staged_dir(out) as tmp:
             scores.to_csv(tmp / "pairs.csv", index=False)
@@ -220,6 +275,69 @@ def eval_cmd(
             ci = m.get("ci")
             ci_text = f" [{ci[0]:.3f}, {ci[1]:.3f}]" if ci and None not in ci else ""
             c.print(f"{metric}: {m['value']:.3f}{ci_text} (macro {summary['macro'][metric]['value']:.3f})")
+
+
+@cli_command
+def tune_cmd(
+    config: ConfigOpt = None,
+    set_: SetOpt = None,
+    out: OutOpt = Path("runs/prompt"),
+    seed: SeedOpt = None,
+    quiet: QuietOpt = False,
+    model: ModelOpt = None,
+    root: Annotated[str | None, typer.Option("--root", help="Training data folder.")] = None,
+    anatomy: Annotated[
+        str | None, typer.Option("--anatomy", help="Folder of <image_id>.npz anatomy masks.")
+    ] = None,
+    lora: Annotated[
+        bool | None, typer.Option("--lora/--no-lora", help="Also train LoRA on attn2 k/v.")
+    ] = None,
+):
+    """Learn an anatomy-grounded prompt (context vectors, optional LoRA) for a frozen LDM, without boxes.
+
+    Writes OUT/prompt.safetensors + OUT/prompt.json (apply with --prompt-tuning) and summary.json.
+    """
+    import tempfile
+
+    from trustmed.data.mscxr import load_mscxr
+    from trustmed.data.synth.cxr import make_synthcxr
+    from trustmed.grounding.ldm import load_ldm
+    from trustmed.grounding.prompt_tuning import build_examples, train_prompt
+    from trustmed.io import staged_dir, write_json
+
+    sets = _grounding_overrides(set_, model, None, None)
+    sets += [f"data.{k}={v}" for k, v in (("root", root), ("anatomy", anatomy)) if v is not None]
+    if lora is not None:
+        sets.append(f"prompt.lora={str(lora).lower()}")
+    cfg = load(GroundTuneConfig, config, sets, seed)
+    cfg = cfg.model_copy(update={"prompt": cfg.prompt.model_copy(update={"seed": cfg.seed})})
+    ldm = load_ldm(_model_dir(cfg.model))
+    data = cfg.data
+    with tempfile.TemporaryDirectory() as work:
+        if data.root is None:
+            if data.dataset != "synthcxr":
+                raise InputError(f"data.root: required for dataset {data.dataset!r} (--root DIR)")
+            data_root = Path(work) / "synthcxr"
+            make_synthcxr(data_root, n_images=data.n_images, seed=cfg.seed + 7)
+        else:
+            data_root = Path(data.root)
+        table = load_mscxr(data_root, split=data.split if data.split != "all" else None)
+        if data.limit:
+            table = table.head(data.limit)
+        examples = build_examples(ldm, table, Path(data.anatomy) if data.anatomy else data_root / "anatomy")
+        prompt, summary = train_prompt(ldm, examples, cfg.prompt)
+        with staged_dir(out) as tmp:
+            prompt.save(tmp)
+            write_json(tmp / "summary.json", {**summary, "config": cfg.model_dump()})
+    if not quiet:
+        c = console()
+        counts = summary["counts"]
+        c.print(
+            f"{counts.get('with_location', 0)} sentences with a location, "
+            f"{counts.get('no_location', 0)} without, "
+            f"{counts.get('unknown_location', 0)} with an unmapped location word (denoising only)"
+        )
+        c.print(f"prompt → {out / 'prompt.safetensors'} ({summary['cpu_time_s'] / 60:.1f} CPU-minutes)")
 
 
 @cli_command
@@ -263,12 +381,14 @@ def register(app: typer.Typer) -> None:
         model: ModelOpt = None,
         image: ImageOpt = None,
         text: TextOpt = None,
+        prompt_tuning: PromptOpt = None,
     ):
         """Ground a phrase (same options as ``run``) unless a sub-command is given."""
         if ctx.invoked_subcommand is None:
-            _run(config, set_, out, seed, quiet, model, image, text)
+            _run(config, set_, out, seed, quiet, model, image, text, prompt_tuning)
 
     group.command("run")(run_cmd)
     group.command("eval")(eval_cmd)
+    group.command("tune")(tune_cmd)
     group.command("train-ldm")(train_ldm_cmd)
     app.add_typer(group, name="ground")

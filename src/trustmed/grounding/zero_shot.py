@@ -114,14 +114,16 @@ def tokenize_phrases(
     truncate: bool = False,
     words: list[str] | None = None,
     token_set: str = "content",
+    max_length: int | None = None,
 ) -> tuple[dict[str, torch.Tensor], torch.Tensor]:
     """Tokenize to the tokenizer's maximum length; return the encoding and (B, T) token weights.
 
     The weights select every non-special, non-padding token (or only the tokens of ``words``); with
     ``token_set="end_and_padding"``, the end token and the padding instead. A phrase without any
-    content token is an error either way.
+    content token is an error either way. ``max_length`` (default: the tokenizer's maximum) is the
+    padded length.
     """
-    max_len = int(tokenizer.model_max_length)
+    max_len = int(tokenizer.model_max_length) if max_length is None else int(max_length)
     for p in phrases:
         n = len(tokenizer(p, truncation=False)["input_ids"])
         if n > max_len and not truncate:
@@ -169,17 +171,28 @@ class ZeroShotGrounder:
         The model (:func:`trustmed.grounding.ldm.load_ldm`).
     config
         Pipeline settings (:class:`GroundingConfig`).
+    prompt
+        A :class:`~trustmed.grounding.prompt_tuning.TunedPrompt` for this model: its context
+        vectors (and LoRA weights) are applied, and its token set replaces ``config.token_set``
+        (the attention was aligned for those tokens). Refused for any other base model.
 
     Attributes
     ----------
     timing_ : dict of seconds spent in the last :meth:`ground` call (``total``, ``pairs``).
     """
 
-    def __init__(self, ldm: LDM, config: GroundingConfig | None = None):
-        self.ldm = ldm
+    def __init__(self, ldm: LDM, config: GroundingConfig | None = None, *, prompt=None):
         self.config = config or GroundingConfig()
+        self.prompt = prompt
+        self.ldm = ldm if prompt is None else prompt.apply(ldm)
+        if prompt is not None and self.config.token_set != prompt.token_set:
+            self.config = self.config.model_copy(update={"token_set": prompt.token_set})
 
     def _text(self, phrases: list[str]) -> tuple[torch.Tensor, torch.Tensor]:
+        if self.prompt is not None:
+            return self.prompt.encode(
+                self.ldm, phrases, truncate=self.config.truncate, words=self.config.tokens
+            )
         enc, weights = tokenize_phrases(
             self.ldm.tokenizer,
             phrases,

@@ -1,0 +1,605 @@
+"""Anatomy-grounded weakly supervised prompt tuning of a frozen latent diffusion model.
+
+After Vilouras et al., "Anatomy-grounded weakly supervised prompt tuning for chest X-ray latent
+diffusion models" (MIDL 2026; arXiv 2506.10633). The paper's full method was not available; what
+follows is **trustmed's design** (``docs/grounding.md``):
+
+* the LDM — autoencoder, UNet, text encoder — stays frozen. What is learned is ``n_ctx`` continuous
+  context vectors placed after the start token in the text encoder's *input* embeddings (CoOp: Zhou
+  et al., "Learning to Prompt for Vision-Language Models", IJCV 2022), and optionally LoRA adapters
+  (Hu et al., arXiv 2106.09685; ``peft``) on the cross-attention key/value projections;
+* the only supervision besides the images and their sentences is the anatomy named by each
+  sentence's location words (:mod:`trustmed.grounding.anatomy`: "right upper zone" → the right
+  upper zone's mask). No pathology box is used;
+* loss = denoising loss (v- or ε-prediction MSE at a timestep in the band the grounder records)
+  + λ · alignment loss on the cross-attention captured *with its graph* at that forward pass
+  (:class:`~trustmed.grounding.attention.AttentionRecorder` with ``keep_graph=True``), aggregated
+  over the grounder's tokens and normalised over positions into a distribution p:
+  ``outside_mass`` = 1 − Σ p · m (m: fraction of each attention cell inside the mask), or ``kl`` =
+  KL(m / Σ m ‖ p). Sentences without a location word (or with an anatomical word the vocabulary
+  cannot map) contribute only to the denoising loss and are counted;
+* training runs through :func:`trustmed.train.fit`; the result is a :class:`TunedPrompt`
+  (safetensors + JSON, bound to the base model's weight fingerprint) that
+  :class:`~trustmed.grounding.zero_shot.ZeroShotGrounder` applies.
+"""
+
+from __future__ import annotations
+
+import copy
+import dataclasses
+import hashlib
+import json
+import logging
+import time
+from collections import Counter
+from pathlib import Path
+from typing import Literal
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from trustmed.config import Config
+from trustmed.errors import InputError
+from trustmed.grounding.attention import AttentionMap, AttentionRecorder
+from trustmed.grounding.ldm import LDM
+
+__all__ = [
+    "PromptTuningConfig",
+    "TunedPrompt",
+    "PromptExamples",
+    "build_examples",
+    "train_prompt",
+    "ldm_fingerprint",
+    "attention_distribution",
+    "alignment_loss",
+]
+
+log = logging.getLogger(__name__)
+FORMAT_VERSION = 1
+
+
+class PromptTuningConfig(Config):
+    """Settings of :func:`train_prompt`.
+
+    Attributes
+    ----------
+    n_ctx : number of learnable context vectors (inserted after the start token).
+    ctx_init_std : standard deviation of their random initialisation.
+    align_weight : λ, the weight of the alignment loss.
+    align_loss : ``outside_mass`` (1 − attention mass inside the anatomy mask) or ``kl``.
+    sharpness : contrast of the attention distribution the loss reads
+        (:func:`attention_distribution`); ``None``: the raw map divided by its sum.
+    token_set, layers : tokens and cross-attention layers whose attention is aligned (and later
+        read by the grounder): as in :class:`~trustmed.grounding.zero_shot.GroundingConfig`.
+    band : timesteps drawn in [band[0]·T, band[1]·T): where the grounder records.
+    lora : also train LoRA adapters on the cross-attention key/value projections.
+    lora_rank, lora_alpha, lora_targets : LoRA settings (module-name suffixes under ``attn2``).
+    epochs, batch_size, lr, weight_decay : optimisation (AdamW).
+    val_fraction : images held out to select the epoch by validation alignment loss (anatomy
+        masks only, no boxes); 0 keeps the last epoch.
+    threads : CPU threads.
+    """
+
+    seed: int = 0
+    n_ctx: int = 4
+    ctx_init_std: float = 0.02
+    align_weight: float = 1.0
+    align_loss: Literal["outside_mass", "kl"] = "kl"
+    sharpness: float | None = 2.0
+    token_set: Literal["content", "end_and_padding"] = "end_and_padding"
+    layers: str | int | list[str] = "bottleneck"
+    band: tuple[float, float] = (0.4, 0.6)
+    lora: bool = False
+    lora_rank: int = 4
+    lora_alpha: float = 4.0
+    lora_targets: list[str] = ["to_k", "to_v"]
+    epochs: int = 12
+    batch_size: int = 32
+    lr: float = 1e-2
+    weight_decay: float = 0.0
+    val_fraction: float = 0.1
+    threads: int = 1
+
+
+def ldm_fingerprint(ldm: LDM) -> str:
+    """SHA-256 of the base model's weights (UNet, autoencoder, text encoder; adapters excluded)."""
+    cached = getattr(ldm, "_fingerprint", None)
+    if cached:
+        return cached
+    digest = hashlib.sha256()
+    for part in ("unet", "autoencoder", "text_encoder"):
+        state = getattr(ldm, part).state_dict()
+        for key in sorted(state):
+            if "lora_" in key:
+                continue
+            name = key.replace(".base_layer.", ".")
+            digest.update(f"{part}.{name}".encode())
+            digest.update(state[key].detach().float().cpu().contiguous().numpy().tobytes())
+    value = digest.hexdigest()
+    object.__setattr__(ldm, "_fingerprint", value)
+    return value
+
+
+def _lora_config(rank: int, alpha: float, targets: list[str]):
+    try:
+        from peft import LoraConfig
+    except ImportError as exc:  # pragma: no cover - depends on the environment
+        raise InputError(
+            "LoRA needs peft; install the grounding extra: pip install 'trustmed[grounding]'"
+        ) from exc
+    pattern = r".*attn2\.(" + "|".join(targets) + r")$"
+    return LoraConfig(r=rank, lora_alpha=alpha, target_modules=pattern, lora_dropout=0.0, bias="none")
+
+
+def _inject_lora(unet: nn.Module, rank: int, alpha: float, targets: list[str]) -> nn.Module:
+    from peft import inject_adapter_in_model
+
+    return inject_adapter_in_model(_lora_config(rank, alpha, targets), unet)
+
+
+class TunedPrompt(nn.Module):
+    """Learned context vectors (and optional LoRA weights) for one base LDM.
+
+    Parameters
+    ----------
+    n_ctx, dim
+        Number and size of the context vectors (``dim`` = the text encoder's embedding size).
+    meta
+        What is saved in the JSON: base model fingerprint and source, token set, layers, LoRA
+        settings, anatomy vocabulary, training summary.
+    """
+
+    def __init__(
+        self, n_ctx: int, dim: int, *, meta: dict | None = None, init_std: float = 0.02, seed: int = 0
+    ):
+        super().__init__()
+        if n_ctx < 1:
+            raise InputError(f"n_ctx={n_ctx}: expected at least one context vector")
+        gen = torch.Generator().manual_seed(seed)
+        self.ctx = nn.Parameter(torch.randn(n_ctx, dim, generator=gen) * init_std)
+        self.meta = dict(meta or {})
+        self.lora_state: dict[str, torch.Tensor] = {}
+
+    @property
+    def n_ctx(self) -> int:
+        return int(self.ctx.shape[0])
+
+    @property
+    def token_set(self) -> str:
+        return self.meta.get("token_set", "end_and_padding")
+
+    # ----------------------------------------------------------------------------------- text
+    def tokenize(
+        self,
+        tokenizer,
+        phrases: list[str],
+        *,
+        truncate: bool = False,
+        words=None,
+        token_set: str | None = None,
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """Token ids with ``n_ctx`` placeholder slots after the start token, attention mask, weights."""
+        from trustmed.grounding.zero_shot import tokenize_phrases
+
+        length = int(tokenizer.model_max_length)
+        if length - self.n_ctx < 3:
+            raise InputError(f"n_ctx={self.n_ctx} leaves no room for a phrase in {length} tokens")
+        try:
+            enc, weights = tokenize_phrases(
+                tokenizer,
+                phrases,
+                truncate=truncate,
+                words=words,
+                token_set=token_set or self.token_set,
+                max_length=length - self.n_ctx,
+            )
+        except InputError as exc:
+            raise InputError(
+                f"{exc} (the prompt's {self.n_ctx} context vectors take {self.n_ctx} of them)"
+            ) from None
+        ids, mask = enc["input_ids"], enc["attention_mask"]
+        b = ids.shape[0]
+        slot_ids = torch.full((b, self.n_ctx), int(tokenizer.pad_token_id), dtype=ids.dtype)
+        ids = torch.cat([ids[:, :1], slot_ids, ids[:, 1:]], dim=1)
+        mask = torch.cat([mask[:, :1], torch.ones(b, self.n_ctx, dtype=mask.dtype), mask[:, 1:]], dim=1)
+        weights = torch.cat([weights[:, :1], torch.zeros(b, self.n_ctx), weights[:, 1:]], dim=1)
+        return ids, mask, weights
+
+    def encode_ids(self, ldm: LDM, ids: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+        """Text-encoder output with the context vectors written into the input-embedding slots."""
+        embedding = ldm.text_encoder.get_input_embeddings()
+
+        def insert(module, inputs, output):
+            ctx = self.ctx.to(output.dtype).unsqueeze(0).expand(output.shape[0], -1, -1)
+            return torch.cat([output[:, :1], ctx, output[:, 1 + self.n_ctx :]], dim=1)
+
+        handle = embedding.register_forward_hook(insert)
+        try:
+            return ldm.encode_text(ids, mask if ldm.text_attention_mask else None)
+        finally:
+            handle.remove()
+
+    def encode(
+        self,
+        ldm: LDM,
+        phrases: list[str],
+        *,
+        truncate: bool = False,
+        words=None,
+        token_set: str | None = None,
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """(context (B, T, D), token weights (B, T)) for ``phrases``, as the grounder needs them."""
+        ids, mask, weights = self.tokenize(
+            ldm.tokenizer, phrases, truncate=truncate, words=words, token_set=token_set
+        )
+        return self.encode_ids(ldm, ids, mask), weights
+
+    # ------------------------------------------------------------------------------- binding
+    def check_base(self, ldm: LDM) -> None:
+        """Refuse a base model other than the one the prompt was trained on."""
+        expected = self.meta.get("base_fingerprint")
+        actual = ldm_fingerprint(ldm)
+        if expected and expected != actual:
+            raise InputError(
+                f"tuned prompt was trained on base model {expected[:12]} "
+                f"({self.meta.get('base_source', '?')}), "
+                f"not on {actual[:12]} ({ldm.source or 'this model'}); refusing to apply it"
+            )
+        dim = int(ldm.text_encoder.get_input_embeddings().weight.shape[1])
+        if dim != self.ctx.shape[1]:
+            raise InputError(
+                f"tuned prompt vectors have size {self.ctx.shape[1]}, the text encoder's are {dim}"
+            )
+
+    def apply(self, ldm: LDM) -> LDM:
+        """The model to ground with: ``ldm`` itself, or a copy whose UNet carries the LoRA weights."""
+        self.check_base(ldm)
+        if not self.lora_state:
+            return ldm
+        lora = self.meta["lora"]
+        unet = _inject_lora(copy.deepcopy(ldm.unet), lora["rank"], lora["alpha"], lora["targets"])
+        missing = set(self.lora_state) - set(unet.state_dict())
+        if missing:
+            raise InputError(f"tuned prompt LoRA weights do not fit the model ({len(missing)} unknown keys)")
+        unet.load_state_dict(self.lora_state, strict=False)
+        bound = dataclasses.replace(ldm, unet=unet.eval())
+        object.__setattr__(bound, "_fingerprint", ldm_fingerprint(ldm))
+        return bound
+
+    # ------------------------------------------------------------------------------- storage
+    def save(self, folder: str | Path) -> Path:
+        """Write ``prompt.safetensors`` (context vectors, LoRA weights) and ``prompt.json``."""
+        from safetensors.torch import save_file
+
+        folder = Path(folder)
+        folder.mkdir(parents=True, exist_ok=True)
+        tensors = {"ctx": self.ctx.detach().float().contiguous()}
+        tensors.update({f"lora.{k}": v.detach().float().contiguous() for k, v in self.lora_state.items()})
+        save_file(tensors, folder / "prompt.safetensors")
+        meta = {
+            "format": "trustmed-tuned-prompt",
+            "version": FORMAT_VERSION,
+            "n_ctx": self.n_ctx,
+            **self.meta,
+        }
+        (folder / "prompt.json").write_text(json.dumps(meta, indent=2, default=str) + "\n")
+        return folder / "prompt.safetensors"
+
+    @classmethod
+    def load(cls, path: str | Path) -> TunedPrompt:
+        """Read a tuned prompt from its folder, its ``.safetensors`` or its ``.json`` file."""
+        from safetensors.torch import load_file
+
+        path = Path(path)
+        folder = path if path.is_dir() else path.parent
+        weights, meta_path = folder / "prompt.safetensors", folder / "prompt.json"
+        if path.is_file() and path.suffix == ".safetensors":
+            weights, meta_path = path, path.with_suffix(".json")
+        for p in (weights, meta_path):
+            if not p.is_file():
+                raise InputError(f"tuned prompt {p}: not found")
+        try:
+            meta = json.loads(meta_path.read_text())
+        except json.JSONDecodeError as exc:
+            raise InputError(f"{meta_path}: not valid JSON ({exc})") from None
+        if meta.get("format") != "trustmed-tuned-prompt":
+            raise InputError(f"{meta_path}: not a trustmed tuned prompt (format={meta.get('format')!r})")
+        tensors = load_file(weights)
+        if "ctx" not in tensors:
+            raise InputError(f"{weights}: no 'ctx' tensor")
+        ctx = tensors["ctx"]
+        if ctx.ndim != 2 or ctx.shape[0] != meta.get("n_ctx"):
+            raise InputError(
+                f"{weights}: context vectors of shape {tuple(ctx.shape)} "
+                f"do not match n_ctx={meta.get('n_ctx')}"
+            )
+        for key in ("format", "version", "n_ctx"):
+            meta.pop(key, None)
+        prompt = cls(ctx.shape[0], ctx.shape[1], meta=meta)
+        with torch.no_grad():
+            prompt.ctx.copy_(ctx)
+        prompt.lora_state = {k[5:]: v for k, v in tensors.items() if k.startswith("lora.")}
+        return prompt
+
+
+# ------------------------------------------------------------------------------------ losses
+def attention_distribution(
+    maps: list[AttentionMap], weights: torch.Tensor, sharpness: float | None = 2.0
+) -> torch.Tensor:
+    """Differentiable (B, h, w) distribution over positions of the weighted tokens' attention.
+
+    Each map (B, heads, h, w, T) is averaged over heads and the weighted tokens; maps of different
+    resolutions are resized bilinearly to the largest; layers and calls are averaged. With
+    ``sharpness=None`` each image's map is divided by its sum. Otherwise it is standardised per
+    image and passed through a softmax over positions, ``softmax(sharpness · (a − mean) / std)``:
+    like the grounder's min-max normalisation this reads the map's contrast, not its level (the
+    cross-attention of a small LDM is close to uniform over tokens, so ``a / Σ a`` is nearly flat and
+    a loss on it barely moves).
+    """
+    if not maps:
+        raise InputError("no cross-attention was recorded (check the layers setting)")
+    h = max(m.probs.shape[2] for m in maps)
+    w = max(m.probs.shape[3] for m in maps)
+    norm = weights.sum(-1).clamp_min(1e-12)[:, None, None]
+    out = 0.0
+    for m in maps:
+        a = (m.probs.mean(1) * weights[:, None, None, :].to(m.probs.dtype)).sum(-1) / norm
+        if a.shape[-2:] != (h, w):
+            a = F.interpolate(a[:, None], size=(h, w), mode="bilinear", align_corners=False)[:, 0]
+        out = out + a
+    out = out / len(maps)
+    if sharpness is None:
+        return out / out.sum((-2, -1), keepdim=True).clamp_min(1e-12)
+    flat = out.flatten(1)
+    z = (flat - flat.mean(1, keepdim=True)) / flat.std(1, keepdim=True).clamp_min(1e-8)
+    return torch.softmax(sharpness * z, dim=1).view_as(out)
+
+
+def alignment_loss(p: torch.Tensor, mask: torch.Tensor, kind: str = "outside_mass") -> torch.Tensor:
+    """Per-image alignment loss between a position distribution ``p`` and a [0, 1] anatomy mask.
+
+    ``mask`` may be larger than ``p``; it is area-pooled to ``p``'s grid (fraction of each cell
+    inside the region).
+
+    >>> p = torch.full((1, 2, 2), 0.25)
+    >>> m = torch.tensor([[[1.0, 1.0], [0.0, 0.0]]])
+    >>> float(alignment_loss(p, m)), round(float(alignment_loss(p, m, "kl")), 4)
+    (0.5, 0.6931)
+    """
+    if mask.shape[-2:] != p.shape[-2:]:
+        mask = F.adaptive_avg_pool2d(mask[:, None].float(), p.shape[-2:])[:, 0]
+    if kind == "outside_mass":
+        return 1.0 - (p * mask).sum((-2, -1))
+    if kind == "kl":
+        q = mask / mask.sum((-2, -1), keepdim=True).clamp_min(1e-12)
+        return (torch.xlogy(q, q) - q * torch.log(p.clamp_min(1e-12))).sum((-2, -1))
+    raise InputError(f"align_loss {kind!r}: expected outside_mass or kl")
+
+
+# -------------------------------------------------------------------------------------- data
+@dataclasses.dataclass
+class PromptExamples:
+    """Training pairs: latents, sentences, anatomy masks at the crop size, and what was counted."""
+
+    latents: torch.Tensor
+    sentences: list[str]
+    masks: torch.Tensor
+    has_mask: torch.Tensor
+    image_ids: list[str]
+    counts: dict
+
+
+def _crop_mask(mask: np.ndarray, ldm: LDM) -> torch.Tensor:
+    from trustmed.grounding.heatmaps import crop_info
+
+    info = crop_info(mask.shape[0], mask.shape[1], ldm.image_size)
+    m = torch.from_numpy(mask.astype(np.float32))[None, None]
+    m = F.interpolate(m, size=info.resized, mode="area")[0, 0]
+    return m[info.top : info.top + info.size, info.left : info.left + info.size]
+
+
+def build_examples(ldm: LDM, table, anatomy_dir: str | Path, *, batch_size: int = 64) -> PromptExamples:
+    """Encode a grounding table's images and map each sentence to its anatomy mask.
+
+    ``table`` is a grounding table (:func:`trustmed.data.mscxr.load_mscxr`; only ``image_id``,
+    ``path`` and ``text`` are read — never the boxes). ``anatomy_dir`` holds ``<image_id>.npz``
+    files of boolean masks of the image's size (:mod:`trustmed.grounding.anatomy`).
+    """
+    from trustmed.data.mscxr import read_image
+    from trustmed.grounding.anatomy import load_anatomy, location_mask
+    from trustmed.grounding.zero_shot import prepare_image
+
+    if len(table) == 0:
+        raise InputError("prompt tuning: the training table is empty")
+    anatomy_dir = Path(anatomy_dir)
+    if not anatomy_dir.is_dir():
+        raise InputError(f"anatomy folder {anatomy_dir}: not found")
+    counts: Counter = Counter()
+    unknown_words: Counter = Counter()
+    images: dict[str, torch.Tensor] = {}
+    masks, has_mask, sentences, ids = [], [], [], []
+    empty = torch.zeros(ldm.image_size, ldm.image_size)
+    for row in table.itertuples():
+        image = read_image(row.path)
+        if row.image_id not in images:
+            images[row.image_id] = prepare_image(image, ldm)[0]
+        anatomy = load_anatomy(anatomy_dir / f"{row.image_id}.npz", shape=image.shape)
+        mask, parse = location_mask(row.text, anatomy)
+        counts["pairs"] += 1
+        if mask is None:
+            counts["unknown_location" if parse.unknown else "no_location"] += 1
+            unknown_words.update(parse.unknown)
+            masks.append(empty)
+        else:
+            counts["with_location"] += 1
+            masks.append(_crop_mask(mask, ldm))
+        has_mask.append(mask is not None)
+        sentences.append(row.text)
+        ids.append(row.image_id)
+    order = list(images)
+    with torch.no_grad():
+        stacked = torch.stack([images[i] for i in order])
+        z = torch.cat(
+            [ldm.encode_images(stacked[i : i + batch_size]) for i in range(0, len(order), batch_size)]
+        )
+    index = {k: i for i, k in enumerate(order)}
+    latents = z[[index[i] for i in ids]]
+    counts = dict(counts)
+    counts["unknown_words"] = dict(unknown_words)
+    return PromptExamples(latents, sentences, torch.stack(masks), torch.tensor(has_mask), ids, counts)
+
+
+# ---------------------------------------------------------------------------------- training
+class _Tuner(nn.Module):
+    def __init__(self, prompt: TunedPrompt, unet: nn.Module):
+        super().__init__()
+        self.prompt = prompt
+        self.unet = unet
+
+
+def _step_losses(tuner: _Tuner, ldm: LDM, cfg: PromptTuningConfig, batch, generator=None):
+    z0, ids, mask, weights, region, has = batch
+    n = z0.shape[0]
+    T = ldm.num_train_timesteps
+    lo, hi = int(cfg.band[0] * T), max(int(cfg.band[0] * T) + 1, int(cfg.band[1] * T))
+    t = torch.randint(lo, hi, (n,), generator=generator)
+    a = ldm.alphas_cumprod[t].view(-1, 1, 1, 1).to(z0.dtype)
+    noise = torch.randn(z0.shape, generator=generator, dtype=z0.dtype)
+    zt = a.sqrt() * z0 + (1 - a).sqrt() * noise
+    context = tuner.prompt.encode_ids(ldm, ids, mask)
+    with AttentionRecorder(tuner.unet, layers=cfg.layers, keep_graph=True, reduce_heads=True) as rec:
+        pred = ldm.unet_forward(zt, t, context)
+        maps = rec.maps()
+    target = noise if ldm.prediction_type == "epsilon" else a.sqrt() * noise - (1 - a).sqrt() * z0
+    denoise = F.mse_loss(pred, target)
+    p = attention_distribution(maps, weights, cfg.sharpness)
+    per_image = alignment_loss(p, region, cfg.align_loss)
+    hasf = has.to(per_image.dtype)
+    align = (per_image * hasf).sum() / hasf.sum().clamp_min(1.0)
+    return denoise, align
+
+
+def train_prompt(
+    ldm: LDM, examples: PromptExamples, cfg: PromptTuningConfig | None = None
+) -> tuple[TunedPrompt, dict]:
+    """Learn context vectors (and LoRA weights if ``cfg.lora``) on ``examples``; ``ldm`` is unchanged.
+
+    Returns the tuned prompt and a summary (history with the denoising and alignment losses, CPU
+    and wall time, counts of sentences with and without a location).
+    """
+    from trustmed.train import fit, make_accelerator
+    from trustmed.utils import seed_everything
+
+    cfg = cfg or PromptTuningConfig()
+    if int(examples.has_mask.sum()) == 0:
+        raise InputError("prompt tuning: no training sentence names a location the anatomy vocabulary maps")
+    torch.set_num_threads(cfg.threads)
+    seed_everything(cfg.seed)
+    t_wall, t_cpu = time.perf_counter(), time.process_time()
+    base = ldm_fingerprint(ldm)
+    unet = copy.deepcopy(ldm.unet)
+    for module in (unet, ldm.text_encoder, ldm.autoencoder):
+        for p in module.parameters():
+            p.requires_grad_(False)
+    if cfg.lora:
+        unet = _inject_lora(unet, cfg.lora_rank, cfg.lora_alpha, cfg.lora_targets)
+        if not any("lora_" in n for n, _ in unet.named_parameters()):
+            raise InputError(f"lora_targets {cfg.lora_targets}: no cross-attention projection matched")
+    work = dataclasses.replace(ldm, unet=unet)
+    from trustmed.grounding.anatomy import HEART_WORDS, LANDMARK_WORDS, SIDES, UNMAPPED_WORDS, ZONE_WORDS
+
+    dim = int(ldm.text_encoder.get_input_embeddings().weight.shape[1])
+    meta = {
+        "base_fingerprint": base,
+        "base_source": ldm.source,
+        "token_set": cfg.token_set,
+        "layers": cfg.layers,
+        "config": cfg.model_dump(),
+        "lora": {"rank": cfg.lora_rank, "alpha": cfg.lora_alpha, "targets": cfg.lora_targets}
+        if cfg.lora
+        else None,
+        "vocabulary": {
+            "sides": list(SIDES),
+            "zones": ZONE_WORDS,
+            "landmarks": LANDMARK_WORDS,
+            "heart": list(HEART_WORDS),
+            "unmapped": list(UNMAPPED_WORDS),
+        },
+        "counts": examples.counts,
+    }
+    prompt = TunedPrompt(cfg.n_ctx, dim, meta=meta, init_std=cfg.ctx_init_std, seed=cfg.seed)
+    ids, mask, weights = prompt.tokenize(
+        ldm.tokenizer, examples.sentences, truncate=False, token_set=cfg.token_set
+    )
+
+    images = np.array(sorted(set(examples.image_ids)))
+    rng = np.random.default_rng(cfg.seed)
+    n_val = int(round(cfg.val_fraction * len(images)))
+    val_images = set(rng.choice(images, size=n_val, replace=False)) if n_val else set()
+    is_val = torch.tensor([i in val_images for i in examples.image_ids])
+    tensors = (examples.latents, ids, mask, weights, examples.masks, examples.has_mask)
+    train_idx = torch.nonzero(~is_val).flatten()
+    val_idx = torch.nonzero(is_val).flatten()
+    loader = torch.utils.data.DataLoader(
+        torch.utils.data.TensorDataset(*(x[train_idx] for x in tensors)),
+        batch_size=cfg.batch_size,
+        shuffle=True,
+    )
+    tuner = _Tuner(prompt, unet)
+    trainable = [p for p in tuner.parameters() if p.requires_grad]
+    parts = {"denoise": 0.0, "align": 0.0, "n": 0}
+
+    def loss_fn(model, batch):
+        denoise, align = _step_losses(model, work, cfg, batch)
+        parts["denoise"] += float(denoise.detach())
+        parts["align"] += float(align.detach())
+        parts["n"] += 1
+        return denoise + cfg.align_weight * align
+
+    def evaluate(model):
+        out = {
+            "train_denoise": parts["denoise"] / max(parts["n"], 1),
+            "train_align": parts["align"] / max(parts["n"], 1),
+        }
+        parts.update(denoise=0.0, align=0.0, n=0)
+        if len(val_idx):
+            gen = torch.Generator().manual_seed(cfg.seed + 17)
+            d_sum, a_sum, k = 0.0, 0.0, 0
+            with torch.no_grad():
+                for s in range(0, len(val_idx), cfg.batch_size):
+                    sel = val_idx[s : s + cfg.batch_size]
+                    d, a = _step_losses(model, work, cfg, tuple(x[sel] for x in tensors), generator=gen)
+                    d_sum, a_sum, k = d_sum + float(d) * len(sel), a_sum + float(a) * len(sel), k + len(sel)
+            out.update(
+                val_denoise=d_sum / k, val_align=a_sum / k, val_loss=(d_sum + cfg.align_weight * a_sum) / k
+            )
+        return out
+
+    result = fit(
+        tuner,
+        torch.optim.AdamW(trainable, lr=cfg.lr, weight_decay=cfg.weight_decay),
+        loader,
+        loss_fn,
+        epochs=cfg.epochs,
+        evaluate=evaluate,
+        select="val_align" if len(val_idx) else None,
+        mode="min",
+        accelerator=make_accelerator(cpu=True),
+        description="prompt tuning",
+    )
+    if cfg.lora:
+        prompt.lora_state = {k: v.detach().clone() for k, v in unet.state_dict().items() if "lora_" in k}
+    summary = {
+        "history": result.history,
+        "best_epoch": result.best_epoch,
+        "wall_time_s": time.perf_counter() - t_wall,
+        "cpu_time_s": time.process_time() - t_cpu,
+        "trainable_parameters": sum(p.numel() for p in trainable),
+        "counts": examples.counts,
+        "n_train_pairs": len(train_idx),
+        "n_val_pairs": len(val_idx),
+    }
+    prompt.meta["training"] = {k: v for k, v in summary.items() if k != "counts"}
+    return prompt, summary
