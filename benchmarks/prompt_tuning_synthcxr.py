@@ -144,6 +144,7 @@ def main(argv: list[str] | None = None) -> int:
     ccfg = ContrastiveConfig(seed=args.seed, **({"epochs": 3} if quick else {}))
     contrastive, csummary = train_contrastive(ccfg, train)
     training["contrastive"] = {
+        "config": ccfg.model_dump(),
         "cpu_minutes": (time.process_time() - t_cpu) / 60,
         "wall_minutes": csummary.get("wall_time_s", float("nan")) / 60,
     }

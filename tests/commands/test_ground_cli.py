@@ -192,3 +192,15 @@ def test_tune_bad_input_exit_2(tmp_path, model_dir, tune_data):
     assert not out.exists()
     result = runner.invoke(app, [*args, "--set", "prompt.n_ctxx=2"])
     assert result.exit_code == 2 and "did you mean" in result.output
+
+
+def test_example_configs_load_and_match_the_defaults():
+    from pathlib import Path
+
+    from trustmed.commands.ground import GroundEvalConfig, GroundTuneConfig
+    from trustmed.config import load_config
+
+    examples = Path(__file__).resolve().parents[2] / "examples"
+    tune = load_config(GroundTuneConfig, examples / "prompt_tuning_synthcxr.yaml")
+    assert tune.prompt == GroundTuneConfig().prompt  # the file documents the defaults
+    assert load_config(GroundEvalConfig, examples / "ground_synthcxr.yaml").grounding.num_steps == 100

@@ -3,10 +3,13 @@
 Zero-shot grounding after Vilouras et al., "Zero-Shot Medical Phrase Grounding with Off-the-shelf
 Diffusion Models" (IEEE J-BHI; arXiv 2404.12920): :class:`AttentionRecorder` (capture),
 :class:`ZeroShotGrounder` (pipeline), :func:`load_ldm` (MONAI bundle or diffusers folders).
+Anatomy-grounded prompt tuning (after arXiv 2506.10633): :func:`train_prompt` learns a
+:class:`TunedPrompt` from sentences and anatomy masks (:mod:`trustmed.grounding.anatomy`).
 """
 
 from trustmed.grounding.attention import AttentionMap, AttentionRecorder, cross_attention_layers
 from trustmed.grounding.ldm import LDM, load_ldm, tiny_ldm_path
+from trustmed.grounding.prompt_tuning import PromptTuningConfig, TunedPrompt, build_examples, train_prompt
 from trustmed.grounding.zero_shot import GroundingConfig, ZeroShotGrounder, ground_table, score_table
 
 __all__ = [
@@ -16,6 +19,10 @@ __all__ = [
     "LDM",
     "load_ldm",
     "tiny_ldm_path",
+    "PromptTuningConfig",
+    "TunedPrompt",
+    "build_examples",
+    "train_prompt",
     "GroundingConfig",
     "ZeroShotGrounder",
     "ground_table",
