@@ -70,6 +70,14 @@ def test_tokenize_inserts_context_slots_after_start_token(ldm):
     assert torch.equal(weights[:, 4:], plain_w[:, 1:])
     with pytest.raises(InputError, match="context vectors"):
         TunedPrompt(8, 16).tokenize(ldm.tokenizer, ["there is a small nodule in the right upper zone"])
+    # ctx_position end: the slots follow the end token and are read with it
+    end = TunedPrompt(3, 16, meta={"ctx_position": "end", "token_set": "end_and_padding"})
+    ids, mask, weights = end.tokenize(ldm.tokenizer, ["cardiomegaly"])
+    eos = int((ids[0] == ldm.tokenizer.eos_token_id).nonzero()[0])
+    assert eos == 2 and mask[0, : eos + 4].all() and not mask[0, eos + 4 :].any()
+    assert weights[0, eos : eos + 4].all() and not weights[0, :eos].any()
+    rows, positions = end._slots(ids, ldm.tokenizer.eos_token_id)
+    assert positions.tolist() == [[3, 4, 5]]
 
 
 def test_context_vectors_reach_the_text_encoder_causally(ldm):

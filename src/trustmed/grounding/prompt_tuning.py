@@ -65,7 +65,9 @@ class PromptTuningConfig(Config):
 
     Attributes
     ----------
-    n_ctx : number of learnable context vectors (inserted after the start token).
+    n_ctx : number of learnable context vectors.
+    ctx_position : ``front`` (after the start token, CoOp) or ``end`` (after the end token; with
+        ``token_set: end_and_padding`` they are read by the grounder too).
     ctx_init_std : standard deviation of their random initialisation.
     align_weight : λ, the weight of the alignment loss.
     align_loss : ``outside_mass`` (1 − attention mass inside the anatomy mask) or ``kl``.
@@ -84,6 +86,7 @@ class PromptTuningConfig(Config):
 
     seed: int = 0
     n_ctx: int = 4
+    ctx_position: Literal["front", "end"] = "front"
     ctx_init_std: float = 0.02
     align_weight: float = 1.0
     align_loss: Literal["outside_mass", "kl"] = "kl"
@@ -180,7 +183,11 @@ class TunedPrompt(nn.Module):
         words=None,
         token_set: str | None = None,
     ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        """Token ids with ``n_ctx`` placeholder slots after the start token, attention mask, weights."""
+        """Token ids with ``n_ctx`` placeholder slots, attention mask, token weights.
+
+        The slots follow the start token (``ctx_position: front``, CoOp) or the end token
+        (``end``: in a causal text encoder the context then reads the whole phrase).
+        """
         from trustmed.grounding.zero_shot import tokenize_phrases
 
         length = int(tokenizer.model_max_length)
@@ -200,20 +207,49 @@ class TunedPrompt(nn.Module):
                 f"{exc} (the prompt's {self.n_ctx} context vectors take {self.n_ctx} of them)"
             ) from None
         ids, mask = enc["input_ids"], enc["attention_mask"]
-        b = ids.shape[0]
-        slot_ids = torch.full((b, self.n_ctx), int(tokenizer.pad_token_id), dtype=ids.dtype)
-        ids = torch.cat([ids[:, :1], slot_ids, ids[:, 1:]], dim=1)
-        mask = torch.cat([mask[:, :1], torch.ones(b, self.n_ctx, dtype=mask.dtype), mask[:, 1:]], dim=1)
-        weights = torch.cat([weights[:, :1], torch.zeros(b, self.n_ctx), weights[:, 1:]], dim=1)
+        after = self._after(ids, tokenizer.eos_token_id)
+        slot = lambda value, like: torch.full((self.n_ctx,), value, dtype=like.dtype)  # noqa: E731
+        rows = [
+            [
+                torch.cat([r[: a + 1], slot(fill, r), r[a + 1 :]])
+                for r, a in zip(x, after.tolist(), strict=True)
+            ]
+            for x, fill in ((ids, int(tokenizer.pad_token_id)), (mask, 1), (weights, 0.0))
+        ]
+        ids, mask, weights = (torch.stack(r) for r in rows)
+        if self.ctx_position == "end":  # the slots belong to the end-and-padding tokens they sit among
+            end_weight = weights[torch.arange(len(ids)), after]
+            weights[self._slots(ids, tokenizer.eos_token_id)] = end_weight[:, None].expand(-1, self.n_ctx)
         return ids, mask, weights
+
+    @property
+    def ctx_position(self) -> str:
+        return self.meta.get("ctx_position", "front")
+
+    def _after(self, ids: torch.Tensor, eos_id: int) -> torch.Tensor:
+        """Index after which the slots go: the start token (``front``) or the end token (``end``)."""
+        if self.ctx_position == "end":
+            return (ids == eos_id).int().argmax(dim=1)
+        return torch.zeros(len(ids), dtype=torch.long)
+
+    def _slots(self, ids: torch.Tensor, eos_id: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """(rows, positions) of the context slots in slotted token ids."""
+        if self.ctx_position == "end":
+            start = (ids == eos_id).int().argmax(dim=1) + 1
+        else:
+            start = torch.ones(len(ids), dtype=torch.long)
+        positions = start[:, None] + torch.arange(self.n_ctx)[None]
+        return torch.arange(len(ids))[:, None].expand_as(positions), positions
 
     def encode_ids(self, ldm: LDM, ids: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
         """Text-encoder output with the context vectors written into the input-embedding slots."""
         embedding = ldm.text_encoder.get_input_embeddings()
+        rows, positions = self._slots(ids, ldm.tokenizer.eos_token_id)
 
         def insert(module, inputs, output):
-            ctx = self.ctx.to(output.dtype).unsqueeze(0).expand(output.shape[0], -1, -1)
-            return torch.cat([output[:, :1], ctx, output[:, 1 + self.n_ctx :]], dim=1)
+            out = output.clone()
+            out[rows, positions] = self.ctx.to(output.dtype).unsqueeze(0).expand(len(ids), -1, -1)
+            return out
 
         handle = embedding.register_forward_hook(insert)
         try:
@@ -515,6 +551,7 @@ def train_prompt(
         "base_fingerprint": base,
         "base_source": ldm.source,
         "token_set": cfg.token_set,
+        "ctx_position": cfg.ctx_position,
         "layers": cfg.layers,
         "config": cfg.model_dump(),
         "lora": {"rank": cfg.lora_rank, "alpha": cfg.lora_alpha, "targets": cfg.lora_targets}
