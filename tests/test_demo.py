@@ -4,6 +4,7 @@ import importlib
 import inspect
 import json
 
+import pytest
 from typer.testing import CliRunner
 
 from trustmed.cli import app
@@ -46,3 +47,17 @@ def test_every_section_module_provides_demo_section():
         func = importlib.import_module(module_name).demo_section
         params = inspect.signature(func).parameters
         assert {"seed", "quick"} <= set(params), name
+
+
+@pytest.mark.slow
+def test_grounding_section_shows_prompt_tuning_reading_the_location(tmp_path):
+    import pandas as pd
+
+    from trustmed.grounding.demo import demo_section
+
+    section = demo_section(tmp_path, seed=0, quick=True)
+    table = pd.read_csv(tmp_path / "grounding_table.csv").set_index("method")
+    assert "prompt-tuned + LoRA" in section.body and (tmp_path / "grounding_cases.png").is_file()
+    zero, lora = table.loc["zero-shot LDM attention"], table.loc["prompt-tuned + LoRA"]
+    assert lora.auroc > zero.auroc + 0.05
+    assert lora.laterality > zero.laterality
