@@ -20,7 +20,6 @@ import time
 from pathlib import Path
 
 import numpy as np
-import pandas as pd
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
@@ -34,27 +33,10 @@ from trustmed.grounding.ldm import load_ldm, tiny_ldm_path  # noqa: E402
 from trustmed.grounding.prompt_tuning import PromptTuningConfig, build_examples, train_prompt  # noqa: E402
 from trustmed.grounding.zero_shot import GroundingConfig, ZeroShotGrounder, ground_table, score_table  # noqa: E402
 from trustmed.io import write_json  # noqa: E402
-from trustmed.metrics.grounding import laterality_correct, miou, summarize  # noqa: E402
+from trustmed.metrics.grounding import laterality_correct, laterality_pairs, miou, sentence_side, summarize  # noqa: E402
 
 log = logging.getLogger("prompt_tuning_synthcxr")
 METRICS = ("cnr", "miou", "auroc", "pointing_game")
-
-
-def _side(text: str) -> str | None:
-    words = set(text.lower().split())
-    sides = words & {"left", "right"}
-    return sides.pop() if len(sides) == 1 else None
-
-
-def _laterality_pairs(table: pd.DataFrame) -> list[tuple[int, int]]:
-    """(i, j): same image and finding type, described on opposite sides (positions in ``table``)."""
-    t = table.reset_index(drop=True).assign(side=[_side(x) for x in table.text])
-    pairs = []
-    for _, g in t.groupby(["image_id", "category"]):
-        if len(g) == 2 and set(g.side) == {"left", "right"}:
-            i, j = g.index.tolist()
-            pairs += [(i, j), (j, i)]
-    return pairs
 
 
 def _evaluate(name, grounder, table, masks, n_flip, n_boot, seed) -> dict:
@@ -62,13 +44,13 @@ def _evaluate(name, grounder, table, masks, n_flip, n_boot, seed) -> dict:
     heat = ground_table(grounder, table) if grounder is not None else [np.ones(m.shape) for m in masks]
     seconds = (time.perf_counter() - t0) / len(table)
     out = summarize(score_table(table, heat), metrics=METRICS, n_boot=n_boot, seed=seed)
-    pairs = _laterality_pairs(table)
+    pairs = laterality_pairs(table)
     out["laterality_accuracy"] = (
         float(np.mean([laterality_correct(heat[i], masks[i], masks[j]) for i, j in pairs])) if pairs else None
     )
     out["n_laterality_pairs"] = len(pairs)
     out["seconds_per_pair"] = seconds
-    lateral = [i for i, text in enumerate(table.text) if _side(text)][:n_flip]
+    lateral = [i for i, text in enumerate(table.text) if sentence_side(text)][:n_flip]
     if grounder is not None and lateral:
         sub = table.iloc[lateral]
         flipped = ground_table(grounder, sub, texts=[flip_laterality(t) for t in sub.text])

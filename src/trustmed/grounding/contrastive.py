@@ -46,7 +46,7 @@ from torch import nn
 
 from trustmed.config import Config
 from trustmed.errors import InputError
-from trustmed.grounding.heatmaps import CropInfo, crop_info, minmax, postprocess, uncrop
+from trustmed.grounding.heatmaps import CropInfo, ground_in_batches, minmax, resize_and_crop
 
 __all__ = [
     "ContrastiveConfig",
@@ -485,22 +485,6 @@ def train_contrastive(cfg: ContrastiveConfig, table) -> tuple[ContrastiveModel, 
     return model, summary
 
 
-def _prepare_image(image: np.ndarray, size: int) -> tuple[torch.Tensor, CropInfo]:
-    """(H, W) or (1, H, W) in [0, 1] → resized (shortest side), centre-cropped (1, size, size)."""
-    arr = np.asarray(image, dtype=np.float32)
-    if arr.ndim == 2:
-        arr = arr[None]
-    if arr.ndim != 3 or arr.shape[0] != 1 or min(arr.shape[1:]) < 1:
-        raise InputError(f"image of shape {tuple(np.shape(image))}: expected (H, W) or (1, H, W)")
-    if not np.isfinite(arr).all():
-        raise InputError("image contains NaN or infinite values")
-    info = crop_info(arr.shape[1], arr.shape[2], size)
-    x = F.interpolate(
-        torch.from_numpy(arr)[None], size=info.resized, mode="bilinear", antialias=True, align_corners=False
-    )[0]
-    return x[:, info.top : info.top + size, info.left : info.left + size].clamp(0, 1), info
-
-
 class ContrastiveGrounder:
     """Ground phrases with a :class:`ContrastiveModel`'s patch–sentence similarity (the module docstring).
 
@@ -558,7 +542,7 @@ class ContrastiveGrounder:
                 f"{len(images)} images but {len(phrases)} phrases; expected one phrase per image"
             )
         size = self.model.image_size
-        prepared = [_prepare_image(im, size) for im in images]
+        prepared = [resize_and_crop(im, size) for im in images]
         enc, _ = tokenize_phrases(self.model.tokenizer, list(phrases))
         was_training = self.model.training
         self.model.eval()
@@ -571,20 +555,12 @@ class ContrastiveGrounder:
 
     def ground(self, images: list[np.ndarray], phrases: list[str]) -> list[np.ndarray]:
         """Heatmaps over the original images (NaN outside the model's field of view), in [0, 1]."""
-        if len(images) != len(phrases):
-            raise InputError(
-                f"{len(images)} images but {len(phrases)} phrases; expected one phrase per image"
-            )
-        t0 = time.perf_counter()
-        sigma = self.sigma * self.model.image_size / self.sigma_reference
-        out: list[np.ndarray] = []
-        bs = max(1, int(self.batch_size))
-        for start in range(0, len(images), bs):
-            heat, infos = self.crop_heatmaps(
-                list(images[start : start + bs]), list(phrases[start : start + bs])
-            )
-            for h, info in zip(heat.numpy(), infos, strict=True):
-                out.append(uncrop(postprocess(h, sigma=sigma, otsu=self.otsu), info))
-        total = time.perf_counter() - t0
-        self.timing_ = {"total": total, "pairs": len(images), "seconds_per_pair": total / max(len(images), 1)}
+        out, self.timing_ = ground_in_batches(
+            self.crop_heatmaps,
+            images,
+            phrases,
+            batch_size=self.batch_size,
+            sigma=self.sigma * self.model.image_size / self.sigma_reference,
+            otsu=self.otsu,
+        )
         return out

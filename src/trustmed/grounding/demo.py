@@ -28,7 +28,7 @@ def demo_section(out_dir: Path, *, seed: int = 0, quick: bool = True) -> Section
     from trustmed.grounding.prompt_tuning import PromptTuningConfig, build_examples, train_prompt
     from trustmed.grounding.zero_shot import GroundingConfig, ZeroShotGrounder, ground_table, score_table
     from trustmed.io import write_json
-    from trustmed.metrics.grounding import laterality_correct, summarize
+    from trustmed.metrics.grounding import laterality_correct, laterality_pairs, summarize
 
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -60,15 +60,7 @@ def demo_section(out_dir: Path, *, seed: int = 0, quick: bool = True) -> Section
         "class-location prior": [train_masks.get(c, np.ones((size, size))) for c in test.category],
     }
     masks = [boxes_to_mask(b, size, size) for b in test.boxes]
-    sides = [next((w for w in t.split() if w in ("left", "right")), None) for t in test.text]
-    pairs = [
-        (i, j)
-        for i in range(len(test))
-        for j in range(len(test))
-        if test.image_id.iloc[i] == test.image_id.iloc[j]
-        and test.category.iloc[i] == test.category.iloc[j]
-        and {sides[i], sides[j]} == {"left", "right"}
-    ]
+    pairs = laterality_pairs(test)
     rows = []
     for name, m in maps.items():
         summary = summarize(

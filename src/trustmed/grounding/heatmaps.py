@@ -14,12 +14,14 @@ keeping ``H · (H > t_otsu)``; finally the centre crop is undone with NaN outsid
 
 from __future__ import annotations
 
+import time
 from dataclasses import dataclass
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 
+from trustmed.errors import InputError
 from trustmed.grounding.attention import AttentionMap
 
 __all__ = [
@@ -31,6 +33,8 @@ __all__ = [
     "otsu_mask",
     "postprocess",
     "uncrop",
+    "resize_and_crop",
+    "ground_in_batches",
     "plot_cases",
 ]
 
@@ -55,6 +59,49 @@ def crop_info(height: int, width: int, size: int) -> CropInfo:
     scale = size / min(height, width)
     rh, rw = max(size, round(height * scale)), max(size, round(width * scale))
     return CropInfo((height, width), (rh, rw), (rh - size) // 2, (rw - size) // 2, size)
+
+
+def resize_and_crop(
+    image: np.ndarray, size: int, channels: tuple[int, ...] = (1,)
+) -> tuple[torch.Tensor, CropInfo]:
+    """(H, W) or (C, H, W) in [0, 1] → shortest side resized to ``size``, centre crop, (C, size, size).
+
+    ``channels``: the channel counts accepted; anything else, or NaN, is an :class:`InputError`.
+    """
+    arr = np.asarray(image, dtype=np.float32)
+    if arr.ndim == 2:
+        arr = arr[None]
+    if arr.ndim != 3 or arr.shape[0] not in channels or min(arr.shape[1:]) < 1:
+        allowed = " or ".join(str(c) for c in sorted(set(channels)))
+        raise InputError(
+            f"image of shape {tuple(np.shape(image))}: expected (H, W) or (C, H, W) "
+            f"with C = {allowed} channels"
+        )
+    if not np.isfinite(arr).all():
+        raise InputError("image contains NaN or infinite values")
+    info = crop_info(arr.shape[1], arr.shape[2], size)
+    x = F.interpolate(
+        torch.from_numpy(arr)[None], size=info.resized, mode="bilinear", antialias=True, align_corners=False
+    )[0]
+    return x[:, info.top : info.top + size, info.left : info.left + size].clamp(0, 1), info
+
+
+def ground_in_batches(
+    crop_heatmaps, images: list, phrases: list[str], *, batch_size: int, sigma: float, otsu: bool
+) -> tuple[list[np.ndarray], dict]:
+    """Run ``crop_heatmaps(images, phrases) -> (maps, crop infos)`` batch by batch, then post-process
+    (Gaussian filter, Otsu) and undo each crop; return the heatmaps and the timing."""
+    if len(images) != len(phrases):
+        raise InputError(f"{len(images)} images but {len(phrases)} phrases; expected one phrase per image")
+    t0 = time.perf_counter()
+    out: list[np.ndarray] = []
+    bs = max(1, int(batch_size))
+    for start in range(0, len(images), bs):
+        heat, infos = crop_heatmaps(list(images[start : start + bs]), list(phrases[start : start + bs]))
+        for h, info in zip(heat.numpy(), infos, strict=True):
+            out.append(uncrop(postprocess(h, sigma=sigma, otsu=otsu), info))
+    total = time.perf_counter() - t0
+    return out, {"total": total, "pairs": len(images), "seconds_per_pair": total / max(len(images), 1)}
 
 
 def minmax(x: torch.Tensor, dims: tuple[int, ...] = (-2, -1)) -> torch.Tensor:

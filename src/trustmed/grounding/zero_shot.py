@@ -15,17 +15,15 @@ from __future__ import annotations
 
 import logging
 import math
-import time
 from typing import Literal
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 
 from trustmed.config import Config
 from trustmed.errors import InputError
 from trustmed.grounding.attention import AttentionRecorder
-from trustmed.grounding.heatmaps import CropInfo, aggregate_maps, crop_info, postprocess, uncrop
+from trustmed.grounding.heatmaps import CropInfo, aggregate_maps, ground_in_batches, resize_and_crop
 from trustmed.grounding.inversion import ddim_invert, ddim_timesteps, noise_latents
 from trustmed.grounding.ldm import LDM
 
@@ -86,25 +84,11 @@ def prepare_image(image: np.ndarray, ldm: LDM) -> tuple[torch.Tensor, CropInfo]:
 
     ``image`` is (H, W) or (C, H, W) with C = 1 or the model's channel count, values in [0, 1].
     """
-    arr = np.asarray(image, dtype=np.float32)
-    if arr.ndim == 2:
-        arr = arr[None]
-    if arr.ndim != 3 or arr.shape[0] not in (1, ldm.image_channels):
-        raise InputError(
-            f"image of shape {tuple(np.shape(image))}: expected (H, W) or (C, H, W) with C = 1 or "
-            f"{ldm.image_channels} channels"
-        )
-    if not np.isfinite(arr).all():
-        raise InputError("image contains NaN or infinite values")
-    info = crop_info(arr.shape[1], arr.shape[2], ldm.image_size)
-    x = F.interpolate(
-        torch.from_numpy(arr)[None], size=info.resized, mode="bilinear", antialias=True, align_corners=False
-    )[0]
-    x = x[:, info.top : info.top + info.size, info.left : info.left + info.size]
+    x, info = resize_and_crop(image, ldm.image_size, channels=(1, ldm.image_channels))
     if x.shape[0] != ldm.image_channels:
         x = x.expand(ldm.image_channels, -1, -1)
     lo, hi = ldm.value_range
-    return x.clamp(0, 1) * (hi - lo) + lo, info
+    return x * (hi - lo) + lo, info
 
 
 def tokenize_phrases(
@@ -274,17 +258,14 @@ class ZeroShotGrounder:
 
     def ground(self, images: list[np.ndarray], phrases: list[str]) -> list[np.ndarray]:
         """Heatmaps over the original images (NaN outside the model's field of view), in [0, 1]."""
-        t0 = time.perf_counter()
-        out: list[np.ndarray] = []
-        bs = max(1, self.config.batch_size)
-        for start in range(0, len(images), bs):
-            heat, infos = self.crop_heatmaps(
-                list(images[start : start + bs]), list(phrases[start : start + bs])
-            )
-            for h, info in zip(heat.numpy(), infos, strict=True):
-                out.append(uncrop(postprocess(h, sigma=self._sigma(), otsu=self.config.otsu), info))
-        total = time.perf_counter() - t0
-        self.timing_ = {"total": total, "pairs": len(images), "seconds_per_pair": total / max(len(images), 1)}
+        out, self.timing_ = ground_in_batches(
+            self.crop_heatmaps,
+            images,
+            phrases,
+            batch_size=self.config.batch_size,
+            sigma=self._sigma(),
+            otsu=self.config.otsu,
+        )
         return out
 
 

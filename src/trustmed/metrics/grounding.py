@@ -31,6 +31,8 @@ __all__ = [
     "pointing_game",
     "laterality_correct",
     "laterality_accuracy",
+    "laterality_pairs",
+    "sentence_side",
     "caption_flip_shift",
     "pair_metrics",
     "summarize",
@@ -120,6 +122,31 @@ def laterality_accuracy(heatmaps, described_masks, other_masks) -> float:
         laterality_correct(h, d, o) for h, d, o in zip(heatmaps, described_masks, other_masks, strict=True)
     ]
     return float(np.mean(values)) if values else float("nan")
+
+
+def sentence_side(text: str) -> str | None:
+    """``"left"`` or ``"right"`` when the sentence names exactly one side, else ``None``."""
+    sides = set(text.lower().split()) & {"left", "right"}
+    return sides.pop() if len(sides) == 1 else None
+
+
+def laterality_pairs(table) -> list[tuple[int, int]]:
+    """Ordered pairs (i, j) of rows (positions in ``table``) of the same image and finding type whose
+    sentences name opposite sides: the pairs :func:`laterality_accuracy` is computed on.
+
+    >>> import pandas as pd
+    >>> t = pd.DataFrame({"image_id": ["a", "a", "b"], "category": ["Nodule"] * 3,
+    ...                   "text": ["right nodule", "left nodule", "right nodule"]})
+    >>> laterality_pairs(t)
+    [(0, 1), (1, 0)]
+    """
+    t = table.reset_index(drop=True).assign(_side=[sentence_side(x) for x in table["text"]])
+    pairs = []
+    for _, g in t.groupby(["image_id", "category"]):
+        if len(g) == 2 and set(g["_side"]) == {"left", "right"}:
+            i, j = g.index.tolist()
+            pairs += [(i, j), (j, i)]
+    return pairs
 
 
 def caption_flip_shift(ious: Sequence[float], ious_flipped: Sequence[float]) -> float:
