@@ -5,6 +5,7 @@ import json
 import os
 import pickle
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -35,6 +36,43 @@ def _run(args, **kw):
     )
 
 
+def _free_port():
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def _run_two_processes(args, attempts=3):
+    """torchrun with 2 gloo processes on a free port; a port taken between the probe and the bind is
+    retried, any other failure shows the workers' stderr."""
+    for attempt in range(attempts):
+        proc = subprocess.run(
+            [
+                sys.executable,
+                "-m",
+                "torch.distributed.run",
+                "--nproc_per_node",
+                "2",
+                "--master_addr",
+                "127.0.0.1",
+                "--master_port",
+                str(_free_port()),
+                str(SCRIPT),
+                *map(str, args),
+            ],
+            env=_env(),
+            capture_output=True,
+            text=True,
+            timeout=240,
+        )
+        if proc.returncode == 0:
+            return proc
+        port_clash = "EADDRINUSE" in proc.stderr or "DistNetworkError" in proc.stderr or "address already in use" in proc.stderr.lower()
+        if not port_clash or attempt == attempts - 1:
+            raise AssertionError(f"torchrun failed (rc {proc.returncode}):\n{proc.stderr[-4000:]}")
+    return proc
+
+
 def _result(out):
     return json.loads((out / "result.json").read_text())
 
@@ -43,26 +81,7 @@ def _result(out):
 def test_two_processes_match_one(tmp_path):
     single, multi = tmp_path / "single", tmp_path / "multi"
     _run([single, 3, 32])
-    subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "torch.distributed.run",
-            "--nproc_per_node",
-            "2",
-            "--master_port",
-            "29517",
-            str(SCRIPT),
-            str(multi),
-            "3",
-            "16",
-        ],
-        env=_env(),
-        check=True,
-        capture_output=True,
-        text=True,
-        timeout=240,
-    )
+    _run_two_processes([multi, 3, 16])
     one, two = _result(single), _result(multi)
     assert two["world_size"] == 2 and one["world_size"] == 1
     # every validation sample exactly once, despite the sampler padding 101 to 102
