@@ -67,7 +67,8 @@ def _run_two_processes(args, attempts=3):
         )
         if proc.returncode == 0:
             return proc
-        port_clash = "EADDRINUSE" in proc.stderr or "DistNetworkError" in proc.stderr or "address already in use" in proc.stderr.lower()
+        clash_marks = ("EADDRINUSE", "DistNetworkError", "address already in use")
+        port_clash = any(mark in proc.stderr for mark in clash_marks)
         if not port_clash or attempt == attempts - 1:
             raise AssertionError(f"torchrun failed (rc {proc.returncode}):\n{proc.stderr[-4000:]}")
     return proc
