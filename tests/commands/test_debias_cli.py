@@ -2,6 +2,7 @@
 
 import json
 
+import numpy as np
 import pandas as pd
 import pytest
 import torch
@@ -75,6 +76,27 @@ def test_single_method_writes_checkpoint_predictions_and_audits(workspace):
     assert set(after["groups"]) == {"light", "dark"} and "eodds_mean_gap" in after["gaps"]
     preds = pd.read_csv(out / "predictions_test.csv")
     assert {"sample_id", "label", "score", "skin_tone", "split"} <= set(preds.columns)
+
+
+def test_group_thresholds_run_saves_thresholds_that_reproduce_its_decisions(workspace):
+    from trustmed.debias.baselines import GroupThresholds
+
+    root, data, ckpt = workspace
+    out = root / "thresholds_run"
+    args = ["debias", "--method", "group_thresholds", "--checkpoint", str(ckpt), "--external", str(data)]
+    result = runner.invoke(app, [*args, "--attribute", "skin_tone", "--out", str(out), *FAST])
+    assert result.exit_code == 0, result.output
+    summary = json.loads((out / "debias.json").read_text())
+    assert summary["needs_attribute_at_prediction"] and summary["thresholds_file"] == "group_thresholds.json"
+    thresholds = GroupThresholds.load(out / summary["thresholds_file"])
+    assert thresholds.groups_ == ["dark", "light"]
+    before = pd.read_csv(out / "predictions_before_test.csv")
+    after = pd.read_csv(out / "predictions_test.csv").set_index("sample_id")
+    p = thresholds.probability(before["score"].to_numpy(), before["skin_tone"].to_numpy())
+    decided = after.loc[before["sample_id"], "score"].to_numpy()
+    # every written decision is one the saved thresholds allow: 1 only where P(1) > 0, 0 only where P(1) < 1
+    assert ((decided == 1) <= (p > 0)).all() and ((decided == 0) <= (p < 1)).all()
+    assert set(np.unique(decided)) <= {0.0, 1.0}
 
 
 def test_compare_writes_table_and_pareto(workspace):

@@ -103,6 +103,7 @@ def test_eval_on_synthcxr_writes_tables_and_figure(tmp_path, model_dir):
 def test_train_ldm_tiny_run(tmp_path):
     out = tmp_path / "ldm"
     sets = ["n_images=12", "ae_epochs=1", "unet_epochs=1", "unet_channels=[16,32]", "ae_channels=[8,8,8]"]
+    sets.append("unet_attention_levels=[true,true]")
     args = ["ground", "train-ldm", "--out", str(out), "--quiet"] + [x for s in sets for x in ("--set", s)]
     result = runner.invoke(app, args)
     assert result.exit_code == 0, result.output
@@ -110,6 +111,12 @@ def test_train_ldm_tiny_run(tmp_path):
     assert summary["n_images"] >= 3 and (out / "model" / "configs" / "inference.json").is_file()
     bad = runner.invoke(app, ["ground", "train-ldm", "--out", str(tmp_path / "x"), "--set", "unet_epoch=1"])
     assert bad.exit_code == 2 and "did you mean" in bad.output
+    config = json.loads((out / "model" / "configs" / "inference.json").read_text())
+    assert config["network_def"]["attention_levels"] == [True, True]
+    assert config["network_def"]["num_head_channels"] == [16, 32]
+    wrong = ["--set", "unet_attention_levels=[true]"]
+    bad = runner.invoke(app, ["ground", "train-ldm", "--out", str(tmp_path / "y"), *wrong])
+    assert bad.exit_code == 2 and "unet_attention_levels" in bad.output and not (tmp_path / "y").exists()
 
 
 @pytest.fixture(scope="module")

@@ -98,6 +98,36 @@ def test_group_thresholds_equalise_odds_on_their_data():
         gt.decide(scores[:3], np.array(["a", "b", "c"]))
 
 
+def test_group_thresholds_saved_and_loaded_decide_alike(tmp_path):
+    rng = np.random.default_rng(1)
+    n = 1500
+    groups = rng.choice(["a", "b", "c"], n)
+    labels = rng.integers(0, 2, n)
+    scores = np.clip(0.3 * labels + 0.5 * rng.random(n) + 0.2 * (groups == "a"), 0, 1)
+    gt = GroupThresholds("site", seed=3).fit_scores(scores, labels, groups)
+    # the plain-number rules reproduce fairlearn's decision probabilities exactly
+    fairlearn_p = gt.optimizer_._pmf_predict(scores.reshape(-1, 1), sensitive_features=groups)[:, 1]
+    np.testing.assert_allclose(gt.probability(scores, groups), fairlearn_p, atol=1e-12)
+    loaded = GroupThresholds.load(gt.save(tmp_path / "thresholds.json"))
+    assert loaded.groups_ == ["a", "b", "c"] and loaded.attribute == "site" and loaded.seed == 3
+    np.testing.assert_allclose(loaded.probability(scores, groups), fairlearn_p, atol=1e-12)
+    # the loaded thresholds draw decisions from those probabilities: equal rates per group
+    many = np.tile(scores, 20)
+    many_groups = np.tile(groups, 20)
+    decided = loaded.decide(many, many_groups)
+    assert set(np.unique(decided)) <= {0.0, 1.0}
+    for g in "abc":
+        at = many_groups == g
+        assert abs(decided[at].mean() - loaded.probability(many[at], many_groups[at]).mean()) < 0.02
+    with pytest.raises(InputError, match="not in the external set"):
+        loaded.decide(scores[:2], np.array(["a", "z"]))
+    (tmp_path / "bad.json").write_text('{"rules": {"a": {"p0": 1}}}')
+    with pytest.raises(InputError, match="bad.json: not a group thresholds file"):
+        GroupThresholds.load(tmp_path / "bad.json")
+    with pytest.raises(InputError, match="not found"):
+        GroupThresholds.load(tmp_path / "missing.json")
+
+
 def test_retrain_fair_starts_from_scratch_with_the_erm_schedule():
     model = _model()
     schedule = {

@@ -217,7 +217,12 @@ def run_debias(cfg: DebiasRunConfig, out: Path) -> dict[str, Any]:
         "splits": {},
         "needs_attribute_at_prediction": isinstance(estimator, GroupThresholds),
     }
+    if isinstance(estimator, GroupThresholds):
+        # the model is unchanged: the thresholds are the method's output, applied on top of its scores
+        summary["thresholds_file"] = "group_thresholds.json"
     with staged_dir(out) as tmp:
+        if isinstance(estimator, GroupThresholds):
+            estimator.save(tmp / "group_thresholds.json")
         save_checkpoint(
             debiased,
             spec,

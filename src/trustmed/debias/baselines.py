@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import copy
 import time
+from pathlib import Path
 
 import numpy as np
 import torch
@@ -205,6 +206,11 @@ class _ScorePassthrough(ClassifierMixin, BaseEstimator):
         return np.c_[1.0 - score, score]
 
 
+def _threshold(operation: list, x: np.ndarray) -> np.ndarray:
+    op, threshold = operation
+    return (x > threshold) if op == ">" else (x < threshold)
+
+
 class GroupThresholds:
     """Per-group thresholds on a model's scores (fairlearn ``ThresholdOptimizer``), fit on the external set.
 
@@ -264,18 +270,120 @@ class GroupThresholds:
         self.groups_ = sorted(set(np.asarray(groups).astype(str).tolist()))
         return self
 
-    def decide(self, scores: np.ndarray, groups: np.ndarray) -> np.ndarray:
-        """0/1 decisions for ``scores`` of samples in ``groups`` (groups unseen in ``fit`` are an error)."""
+    def _check_groups(self, groups: np.ndarray) -> np.ndarray:
         groups = np.asarray(groups).astype(str)
         unseen = sorted(set(groups.tolist()) - set(self.groups_))
         if unseen:
             raise InputError(
                 f"group_thresholds: groups {unseen} were not in the external set ({self.groups_})"
             )
+        return groups
+
+    @property
+    def rules_(self) -> dict[str, dict]:
+        """Per group: with probability ``p0`` decide by ``operation0`` (``[">" or "<", threshold]``),
+        else by ``operation1``; the result is replaced by ``prediction_constant`` with probability
+        ``p_ignore`` (fairlearn's interpolated thresholds, as plain numbers)."""
+        if hasattr(self, "_rules"):
+            return self._rules
+        rules = {}
+        for group, rule in self.optimizer_.interpolated_thresholder_.interpolation_dict.items():
+            rules[str(group)] = {
+                "p0": float(rule["p0"]),
+                "operation0": [rule["operation0"].operator, float(rule["operation0"].threshold)],
+                "p1": float(rule["p1"]),
+                "operation1": [rule["operation1"].operator, float(rule["operation1"].threshold)],
+                "p_ignore": float(rule.get("p_ignore", 0.0)),
+                "prediction_constant": float(rule.get("prediction_constant", 0.0)),
+            }
+        return rules
+
+    def probability(self, scores: np.ndarray, groups: np.ndarray) -> np.ndarray:
+        """P(decision = 1) for each sample under the randomised per-group thresholds."""
+        groups = self._check_groups(groups)
+        scores = np.asarray(scores, dtype=float).reshape(-1)
+        out = np.zeros(len(scores))
+        for group, rule in self.rules_.items():
+            at = groups == group
+            p = rule["p0"] * _threshold(rule["operation0"], scores[at]) + rule["p1"] * _threshold(
+                rule["operation1"], scores[at]
+            )
+            out[at] = rule["p_ignore"] * rule["prediction_constant"] + (1 - rule["p_ignore"]) * p
+        return out
+
+    def decide(self, scores: np.ndarray, groups: np.ndarray) -> np.ndarray:
+        """0/1 decisions for ``scores`` of samples in ``groups`` (groups unseen in ``fit`` are an error)."""
+        groups = self._check_groups(groups)
+        if not hasattr(self, "optimizer_"):  # loaded from a file: draw from the same probabilities
+            p = self.probability(scores, groups)
+            return (np.random.default_rng(self.seed).random(len(p)) < p).astype(float)
         scores = np.asarray(scores, dtype=float).reshape(-1, 1)
         return self.optimizer_.predict(scores, sensitive_features=groups, random_state=self.seed).astype(
             float
         )
+
+    def save(self, path: str | Path) -> Path:
+        """Write the fitted thresholds as JSON (readable by :meth:`load`, no fairlearn needed)."""
+        from trustmed.io import write_json
+
+        payload = {
+            "method": "group_thresholds",
+            "attribute": self.attribute,
+            "constraints": self.constraints,
+            "objective": self.objective,
+            "seed": self.seed,
+            "groups": list(self.groups_),
+            # a threshold of ±inf (always / never) is written as the string "inf" / "-inf"
+            "rules": {
+                g: {
+                    **r,
+                    **{
+                        k: [r[k][0], r[k][1] if np.isfinite(r[k][1]) else str(r[k][1])]
+                        for k in ("operation0", "operation1")
+                    },
+                }
+                for g, r in self.rules_.items()
+            },
+        }
+        write_json(Path(path), payload)
+        return Path(path)
+
+    @classmethod
+    def load(cls, path: str | Path) -> GroupThresholds:
+        """Read thresholds written by :meth:`save`; ``decide`` and ``probability`` work on any scores."""
+        import json
+
+        path = Path(path)
+        if not path.is_file():
+            raise InputError(f"{path}: group thresholds file not found")
+        try:
+            payload = json.loads(path.read_text())
+            rules = payload["rules"]
+            out = cls(
+                payload.get("attribute"),
+                constraints=payload["constraints"],
+                objective=payload["objective"],
+                seed=int(payload.get("seed", 0)),
+            )
+            out._rules = {
+                str(g): {
+                    "p0": float(r["p0"]),
+                    "operation0": [str(r["operation0"][0]), float(r["operation0"][1])],
+                    "p1": float(r["p1"]),
+                    "operation1": [str(r["operation1"][0]), float(r["operation1"][1])],
+                    "p_ignore": float(r.get("p_ignore", 0.0)),
+                    "prediction_constant": float(r.get("prediction_constant", 0.0)),
+                }
+                for g, r in rules.items()
+            }
+        except (ValueError, KeyError, TypeError, IndexError) as err:
+            raise InputError(f"{path}: not a group thresholds file ({type(err).__name__}: {err})") from None
+        for g, r in out._rules.items():
+            ops = {r["operation0"][0], r["operation1"][0]}
+            if not ops <= {">", "<"} or not np.isclose(r["p0"] + r["p1"], 1.0):
+                raise InputError(f"{path}: group {g!r}: operators must be '>' or '<' and p0 + p1 = 1")
+        out.groups_ = sorted(out._rules)
+        return out
 
     def predict_scores(self, data: GroupedSet) -> np.ndarray:
         """Decisions (as 0/1 scores) on ``data``; uses its groups."""

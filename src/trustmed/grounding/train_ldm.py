@@ -19,6 +19,7 @@ from pathlib import Path
 import numpy as np
 import torch
 import torch.nn.functional as F
+from pydantic import model_validator
 from torch import nn
 
 from trustmed.config import Config
@@ -43,6 +44,7 @@ class TinyLDMConfig(Config):
     kl_weight: float = 1e-4
     unet_channels: list[int] = [32, 64]
     unet_head_channels: int = 32
+    unet_attention_levels: list[bool] | None = None
     text_hidden: int = 64
     text_layers: int = 2
     max_length: int = 24
@@ -55,6 +57,16 @@ class TinyLDMConfig(Config):
     beta_end: float = 0.0205
     prediction_type: str = "v_prediction"
     threads: int = 1
+
+    @model_validator(mode="after")
+    def _check_attention_levels(self):
+        levels = self.unet_attention_levels
+        if levels is not None and (len(levels) != len(self.unet_channels) or not any(levels)):
+            raise ValueError(
+                f"unet_attention_levels {levels}: expected one flag per UNet level "
+                f"({len(self.unet_channels)}), at least one true"
+            )
+        return self
 
 
 def prepare_images(paths: list[str], size: int) -> torch.Tensor:
@@ -203,14 +215,18 @@ def train_tiny_ldm(cfg: TinyLDMConfig, out_dir: str | Path, *, data_root: str | 
         tokenizer, hidden_size=cfg.text_hidden, layers=cfg.text_layers, seed=cfg.seed
     )
     n_levels = len(cfg.unet_channels)
+    attention = cfg.unet_attention_levels or [False] * (n_levels - 1) + [True]
     net_def = {
         "spatial_dims": 2,
         "in_channels": cfg.latent_channels,
         "out_channels": cfg.latent_channels,
         "channels": list(cfg.unet_channels),
-        "attention_levels": [False] * (n_levels - 1) + [True],
+        "attention_levels": list(attention),
         "num_res_blocks": 1,
-        "num_head_channels": [0] * (n_levels - 1) + [cfg.unet_head_channels],
+        "num_head_channels": [
+            min(cfg.unet_head_channels, ch) if a else 0
+            for a, ch in zip(attention, cfg.unet_channels, strict=True)
+        ],
         "with_conditioning": True,
         "transformer_num_layers": 1,
         "cross_attention_dim": cfg.text_hidden,
