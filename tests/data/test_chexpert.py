@@ -63,6 +63,7 @@ def test_official_schema_codes_and_paths(tmp_path):
     assert set(df["sex"]) == {"male", "female", "unknown"}
     assert (df.loc[df["path"].str.contains("lateral"), "view"] == "lateral").all()
     assert set(df.loc[df["split"] == "val", "patient_id"]) == {"patient64541"}
+    assert "race" not in df.columns  # no demographics file
 
 
 def test_uncertainty_policies_and_frontal_only(tmp_path):
@@ -100,3 +101,61 @@ def test_bad_input_names_column_and_file(tmp_path):
     raw.to_csv(folder / "train.csv", index=False)
     with pytest.raises(InputError, match=r"train.csv: missing column\(s\) 'Sex'"):
         load_dataset("chexpert", folder)
+
+
+def write_demo(path, patients):
+    """CHEXPERT DEMO table as released (PATIENT, GENDER, AGE_AT_CXR, PRIMARY_RACE, ETHNICITY)."""
+    races = [
+        "White, non-Hispanic",
+        "Black or African American",
+        "Asian - Historical Conv",
+        "Native Hawaiian or Other Pacific Islander",
+        "Patient Refused",
+        "White or Caucasian",
+    ]
+    ethnicities = ["Non-Hispanic/Non-Latino", "Hispanic/Latino", "Unknown", "Not Hispanic", None, "Hispanic"]
+    demo = pd.DataFrame(
+        {
+            "PATIENT": [f"patient{p:05d}" for p in patients],
+            "GENDER": "Male",
+            "AGE_AT_CXR": 50,
+            "PRIMARY_RACE": [races[i % len(races)] for i in range(len(patients))],
+            "ETHNICITY": [ethnicities[i % len(ethnicities)] for i in range(len(patients))],
+        }
+    )
+    if path.suffix == ".xlsx":
+        demo.to_excel(path, index=False)
+    else:
+        demo.to_csv(path, index=False)
+    return demo
+
+
+@pytest.mark.parametrize("suffix", [".csv", ".xlsx"])
+def test_demographics_add_race_by_patient(tmp_path, suffix):
+    folder = write_chexpert(tmp_path, images=False)
+    write_demo(folder / f"CHEXPERT DEMO{suffix}", [1, 2, 3, 4, 5])  # patient 6 and the valid patient: absent
+    df = load_dataset("chexpert", tmp_path, finding="Edema")  # found beside train.csv
+    by_patient = df.drop_duplicates("patient_id").set_index("patient_id")
+    assert by_patient.loc["patient00001", "race"] == "white"
+    assert by_patient.loc["patient00002", ["race", "ethnicity"]].tolist() == ["black", "hispanic"]
+    assert by_patient.loc["patient00003", "race"] == "asian"
+    assert by_patient.loc["patient00004", ["race", "ethnicity"]].tolist() == ["other", "non_hispanic"]
+    assert by_patient.loc["patient00005", "race"] == "unknown"  # "Patient Refused"
+    assert (
+        by_patient.loc["patient00006", "race"] == "unknown"
+        and by_patient.loc["patient64541", "race"] == "unknown"
+    )
+    assert (df.groupby("patient_id")["race"].nunique() == 1).all()
+    assert len(df) == len(load_dataset("chexpert", tmp_path / FOLDER, finding="Edema", demographics=None))
+
+
+def test_demographics_bad_input(tmp_path):
+    folder = write_chexpert(tmp_path, images=False)
+    with pytest.raises(InputError, match="demographics file not found"):
+        load_dataset("chexpert", folder, demographics=tmp_path / "nope.csv")
+    pd.DataFrame({"PATIENT": ["patient00001"], "RACE": ["White"]}).to_csv(tmp_path / "demo.csv", index=False)
+    with pytest.raises(InputError, match=r"demo.csv: missing column\(s\) 'PRIMARY_RACE', 'ETHNICITY'"):
+        load_dataset("chexpert", folder, demographics=tmp_path / "demo.csv")
+    (tmp_path / "demo.xlsx").write_text("not a workbook")
+    with pytest.raises(InputError, match="demo.xlsx: unreadable workbook"):
+        load_dataset("chexpert", folder, demographics=tmp_path / "demo.xlsx")

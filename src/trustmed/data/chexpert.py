@@ -46,6 +46,8 @@ __all__ = [
     "label_codes",
     "load_chexpert",
     "read_csv_checked",
+    "read_demographics",
+    "race_group",
 ]
 
 log = logging.getLogger(__name__)
@@ -173,6 +175,7 @@ def load_chexpert(
     split: str = "official",
     split_fractions: Mapping[str, float] | None = None,
     seed: int = 0,
+    demographics: str | Path | None = None,
 ) -> pd.DataFrame:
     """Read CheXpert's ``train.csv`` and ``valid.csv`` under ``root`` into a manifest.
 
@@ -187,6 +190,10 @@ def load_chexpert(
         patient-level split of all rows, stratified by label × sex, by ``split_fractions``; default
         70 % train, 10 % val, 5 % external, 15 % test).
     split_fractions, seed : the patient-level split.
+    demographics : the separately released ``CHEXPERT DEMO.xlsx`` (or the same table saved as CSV),
+        joined on the patient id to add ``race``, ``ethnicity`` and ``primary_race`` (see
+        :func:`read_demographics`); default: used when a file of that name (``.xlsx`` or ``.csv``) lies
+        beside ``train.csv`` or in ``root``.
 
     >>> import tempfile, pathlib
     >>> root = pathlib.Path(tempfile.mkdtemp())
@@ -251,4 +258,84 @@ def load_chexpert(
             out, dict(split_fractions or DEFAULT_SPLIT), seed=seed, stratify=("label", "sex")
         )
     out = out.drop(columns="frontal")
-    return validate_manifest(out, attributes=("sex", "age_bin"), where=str(folder / "train.csv"))
+    attributes = ("sex", "age_bin")
+    demo_path = Path(demographics) if demographics is not None else _find_demographics(folder, base)
+    if demo_path is not None:
+        demo = read_demographics(demo_path)
+        out = out.merge(demo, on="patient_id", how="left", validate="many_to_one")
+        out["race"] = out["race"].fillna("unknown")
+        out["ethnicity"] = out["ethnicity"].fillna("unknown")
+        out["primary_race"] = out["primary_race"].fillna("")
+        log.info("%s: race known for %.1f %% of rows", demo_path, 100 * (out["race"] != "unknown").mean())
+        attributes += ("race",)
+    return validate_manifest(out, attributes=attributes, where=str(folder / "train.csv"))
+
+
+DEMO_COLUMNS: tuple[str, ...] = ("PATIENT", "PRIMARY_RACE", "ETHNICITY")
+DEMO_NAMES: tuple[str, ...] = ("CHEXPERT DEMO.xlsx", "CHEXPERT DEMO.csv")
+
+
+def _find_demographics(folder: Path, base: Path) -> Path | None:
+    for where in dict.fromkeys((folder, base)):
+        for name in DEMO_NAMES:
+            if (where / name).is_file():
+                return where / name
+    return None
+
+
+def race_group(primary_race: pd.Series) -> pd.Series:
+    """Coarse race groups from CheXpert's free-text ``PRIMARY_RACE``: ``black`` (contains "Black"),
+    ``asian`` ("Asian"), ``white`` ("White"), ``other`` (any other stated race) and ``unknown``
+    (blank, "Unknown", "Patient Refused", "Race and Ethnicity Unknown"), following the grouping of
+    Gichoya et al. (Lancet Digit. Health 2022) and Glocker et al. (eBioMedicine 2023).
+
+    >>> race_group(pd.Series(["White, non-Hispanic", "Black or African American", "Asian - Historical Conv",
+    ...                       "Native Hawaiian or Other Pacific Islander", "Patient Refused", None])).tolist()
+    ['white', 'black', 'asian', 'other', 'unknown', 'unknown']
+    """
+    text = primary_race.fillna("").astype(str).str.strip()
+    out = pd.Series("other", index=primary_race.index, dtype=object)
+    unknown = (text == "") | text.str.contains("unknown|refused|declined", case=False, regex=True)
+    out[unknown] = "unknown"
+    for word in ("white", "asian", "black"):  # later words win where several appear
+        out[~unknown & text.str.contains(word, case=False, regex=False)] = word
+    return out
+
+
+def read_demographics(path: str | Path) -> pd.DataFrame:
+    """Read CheXpert's demographics table (``PATIENT, GENDER, AGE_AT_CXR, PRIMARY_RACE, ETHNICITY``):
+    one row per patient with ``patient_id``, ``race`` (:func:`race_group`), ``ethnicity``
+    (``hispanic``, ``non_hispanic`` or ``unknown``) and the original ``primary_race``."""
+    path = Path(path)
+    if not path.is_file():
+        raise InputError(f"{path}: CheXpert demographics file not found")
+    if path.suffix.lower() in (".xlsx", ".xls"):
+        try:
+            import openpyxl  # noqa: F401
+        except ImportError:
+            raise InputError(
+                f"{path}: reading .xlsx needs openpyxl (pip install 'trustmed[data]'); or save it as CSV"
+            ) from None
+        try:
+            df = pd.read_excel(path, dtype=str)
+        except Exception as err:  # noqa: BLE001 - any unreadable workbook is a bad input
+            raise InputError(f"{path}: unreadable workbook ({type(err).__name__}: {err})") from None
+    else:
+        df = read_csv_checked(path, DEMO_COLUMNS, dtype=dict.fromkeys(DEMO_COLUMNS, str))
+    missing = [c for c in DEMO_COLUMNS if c not in df.columns]
+    if missing:
+        raise InputError(f"{path}: missing column(s) {missing}; found {list(df.columns)}")
+    df = df.dropna(subset=["PATIENT"]).drop_duplicates("PATIENT")
+    ethnicity = df["ETHNICITY"].fillna("").astype(str).str.lower()
+    hispanic = ethnicity.str.contains("hispanic|latino", regex=True)
+    negated = ethnicity.str.contains("non|not ", regex=True)
+    return pd.DataFrame(
+        {
+            "patient_id": df["PATIENT"].astype(str).str.strip().to_numpy(),
+            "race": race_group(df["PRIMARY_RACE"]).to_numpy(),
+            "ethnicity": np.where(
+                hispanic & negated, "non_hispanic", np.where(hispanic, "hispanic", "unknown")
+            ),
+            "primary_race": df["PRIMARY_RACE"].fillna("").astype(str).to_numpy(),
+        }
+    )
