@@ -97,6 +97,45 @@ def test_group_thresholds_run_saves_thresholds_that_reproduce_its_decisions(work
     # every written decision is one the saved thresholds allow: 1 only where P(1) > 0, 0 only where P(1) < 1
     assert ((decided == 1) <= (p > 0)).all() and ((decided == 0) <= (p < 1)).all()
     assert set(np.unique(decided)) <= {0.0, 1.0}
+    # the saved thresholds applied to a predictions CSV from the command line
+    applied_csv = root / "applied.csv"
+    apply = ["debias", "apply-thresholds", str(out / "group_thresholds.json"), "--out", str(applied_csv)]
+    result = runner.invoke(app, [*apply, "--predictions", str(out / "predictions_before_test.csv")])
+    assert result.exit_code == 0, result.output
+    applied = pd.read_csv(applied_csv)
+    np.testing.assert_allclose(applied["p_decision"], p, atol=1e-12)
+    assert set(applied["decision"]) <= {0, 1} and len(applied) == len(before)
+    broken = root / "broken.csv"
+    before.assign(score=["x"] + before["score"].tolist()[1:]).to_csv(broken, index=False)
+    bad_out = root / "applied_bad.csv"
+    bad = runner.invoke(
+        app,
+        [
+            "debias",
+            "apply-thresholds",
+            str(out / "group_thresholds.json"),
+            "--out",
+            str(bad_out),
+            "--predictions",
+            str(broken),
+        ],
+    )
+    assert bad.exit_code == 2 and "row 2" in bad.output and not bad_out.exists()
+    no_attr = root / "no_attr.csv"
+    before.drop(columns="skin_tone").to_csv(no_attr, index=False)
+    bad = runner.invoke(
+        app,
+        [
+            "debias",
+            "apply-thresholds",
+            str(out / "group_thresholds.json"),
+            "--out",
+            str(bad_out),
+            "--predictions",
+            str(no_attr),
+        ],
+    )
+    assert bad.exit_code == 2 and "'skin_tone' not found" in bad.output and not bad_out.exists()
 
 
 def test_compare_writes_table_and_pareto(workspace):

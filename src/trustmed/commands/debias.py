@@ -453,5 +453,51 @@ def compare_cmd(
         console().print(f"wrote {out}")
 
 
+def apply_thresholds(thresholds: Path, predictions: Path, attribute: str | None, out: Path) -> pd.DataFrame:
+    """Add ``p_decision`` (P(1) under the saved per-group thresholds) and ``decision`` (a seeded 0/1
+    draw) to a predictions CSV (``score`` + the attribute column); written atomically to ``out``."""
+    from trustmed.audit import read_predictions
+    from trustmed.debias.baselines import GroupThresholds
+    from trustmed.io import atomic_write_text
+
+    rules = GroupThresholds.load(thresholds)
+    attribute = attribute or rules.attribute
+    if not attribute:
+        raise InputError(f"{thresholds}: no attribute stored; pass --attribute")
+    df = read_predictions(predictions)
+    for column in ("score", attribute):
+        if column not in df.columns:
+            raise InputError(
+                f"{predictions}: column {column!r} not found; available: {', '.join(df.columns)}"
+            )
+    scores = pd.to_numeric(df["score"], errors="coerce")
+    bad = scores.isna() | df[attribute].isna()
+    if bad.any():
+        row = int(bad.to_numpy().argmax())
+        raise InputError(f"{predictions}: row {row + 2}: score or {attribute!r} is missing or not a number")
+    groups = df[attribute].astype(str).to_numpy()
+    df["p_decision"] = rules.probability(scores.to_numpy(), groups)
+    df["decision"] = rules.decide(scores.to_numpy(), groups).astype(int)
+    atomic_write_text(out, df.to_csv(index=False))
+    return df
+
+
+@app.command("apply-thresholds")
+@cli_command
+def apply_thresholds_cmd(
+    thresholds: Annotated[
+        Path, typer.Argument(help="group_thresholds.json written by --method group_thresholds.")
+    ],
+    predictions: Annotated[Path, typer.Option("--predictions", help="Predictions CSV (score + attribute).")],
+    out: Annotated[Path, typer.Option("--out", "-o", help="Output CSV.")],
+    attribute: AttributeOpt = None,
+    quiet: QuietOpt = False,
+) -> None:
+    """Apply saved per-group thresholds to any predictions CSV: adds p_decision and decision."""
+    df = apply_thresholds(thresholds, predictions, attribute, out)
+    if not quiet:
+        console().print(f"{len(df)} decisions (mean {df['decision'].mean():.3f}); wrote {out}")
+
+
 def register(app_: typer.Typer) -> None:
     app_.add_typer(app, name="debias")
