@@ -125,3 +125,19 @@ def test_shipped_tiny_ldm_is_small_documented_and_grounds_findings():
     cfg = GroundingConfig(mode="noising", noise_levels=[0.3], batch_size=12, token_set="end_and_padding")
     heat = ZeroShotGrounder(ldm, cfg).ground(images, phrases)
     assert np.mean([auroc(h, m) for h, m in zip(heat, masks, strict=True)]) > 0.65  # chance: 0.5
+
+
+def test_training_captions_whole_report_or_one_sentence():
+    from trustmed.grounding.train_ldm import _captions
+
+    reports = [["left apical pneumothorax", "right pleural effusion"], ["right upper zone nodule"]]
+    rng = np.random.default_rng(0)
+    whole = [_captions(rng, reports, 0.0) for _ in range(20)]
+    assert {c[0] for c in whole} == {
+        "left apical pneumothorax . right pleural effusion",
+        "right pleural effusion . left apical pneumothorax",
+    }
+    one = [_captions(rng, reports, 0.0, one=True) for _ in range(40)]
+    assert {c[0] for c in one} == set(reports[0]) and {c[1] for c in one} == set(reports[1])
+    dropped = _captions(np.random.default_rng(1), reports * 200, 0.1, one=True)
+    assert 0.05 < np.mean([c == "" for c in dropped]) < 0.15

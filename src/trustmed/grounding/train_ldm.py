@@ -15,6 +15,7 @@ from __future__ import annotations
 import logging
 import time
 from pathlib import Path
+from typing import Literal
 
 import numpy as np
 import torch
@@ -52,6 +53,7 @@ class TinyLDMConfig(Config):
     unet_lr: float = 1e-3
     batch_size: int = 32
     caption_dropout: float = 0.1
+    caption_sentences: Literal["all", "one"] = "all"
     num_train_timesteps: int = 1000
     beta_start: float = 0.0015
     beta_end: float = 0.0205
@@ -105,7 +107,9 @@ def _ae_loss(kl_weight):
 def _diffusion_loss(alphas, prediction_type, tokenizer, sentences, cfg, rng):
     def loss(model, batch):
         z0, index = batch
-        captions = _captions(rng, [sentences[i] for i in index.tolist()], cfg.caption_dropout)
+        batch_sentences = [sentences[i] for i in index.tolist()]
+        one = cfg.caption_sentences == "one"
+        captions = _captions(rng, batch_sentences, cfg.caption_dropout, one=one)
         enc = tokenizer(
             captions, padding="max_length", truncation=True, max_length=cfg.max_length, return_tensors="pt"
         )
@@ -121,12 +125,18 @@ def _diffusion_loss(alphas, prediction_type, tokenizer, sentences, cfg, rng):
     return loss
 
 
-def _captions(rng: np.random.Generator, sentences: list[list[str]], dropout: float) -> list[str]:
-    """One caption per image: its sentences in random order (the report), or empty with ``dropout``."""
+def _captions(
+    rng: np.random.Generator, sentences: list[list[str]], dropout: float, *, one: bool = False
+) -> list[str]:
+    """One caption per image: its sentences in random order (the report), or one of them drawn at
+    random with ``one``, or empty with ``dropout``."""
     out = []
     for sents in sentences:
         if rng.random() < dropout:
             out.append("")
+            continue
+        if one:
+            out.append(sents[int(rng.integers(len(sents)))])
             continue
         order = rng.permutation(len(sents))
         out.append(" . ".join(sents[i] for i in order))
