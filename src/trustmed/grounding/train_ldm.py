@@ -49,16 +49,16 @@ class TinyLDMConfig(Config):
     text_hidden: int = 64
     text_layers: int = 2
     max_length: int = 24
-    unet_epochs: int = 14
+    unet_epochs: int = 36
     unet_lr: float = 1e-3
     batch_size: int = 32
     caption_dropout: float = 0.1
-    caption_sentences: Literal["all", "one"] = "all"
+    caption_sentences: Literal["all", "one"] = "one"
     num_train_timesteps: int = 1000
     beta_start: float = 0.0015
     beta_end: float = 0.0205
     prediction_type: str = "v_prediction"
-    threads: int = 1
+    threads: int = 2
 
     @model_validator(mode="after")
     def _check_attention_levels(self):
