@@ -206,6 +206,25 @@ class _ScorePassthrough(ClassifierMixin, BaseEstimator):
         return np.c_[1.0 - score, score]
 
 
+def _plain_rule(rule) -> dict:
+    """One group's interpolated thresholds as plain numbers; operations are fairlearn
+    ``ThresholdOperation`` objects or ``[operator, threshold]`` pairs (as read back from JSON)."""
+
+    def operation(op) -> list:
+        if isinstance(op, (list, tuple)):
+            return [str(op[0]), float(op[1])]
+        return [op.operator, float(op.threshold)]
+
+    return {
+        "p0": float(rule["p0"]),
+        "operation0": operation(rule["operation0"]),
+        "p1": float(rule["p1"]),
+        "operation1": operation(rule["operation1"]),
+        "p_ignore": float(rule.get("p_ignore", 0.0)),
+        "prediction_constant": float(rule.get("prediction_constant", 0.0)),
+    }
+
+
 def _threshold(operation: list, x: np.ndarray) -> np.ndarray:
     op, threshold = operation
     return (x > threshold) if op == ">" else (x < threshold)
@@ -286,17 +305,8 @@ class GroupThresholds:
         ``p_ignore`` (fairlearn's interpolated thresholds, as plain numbers)."""
         if hasattr(self, "_rules"):
             return self._rules
-        rules = {}
-        for group, rule in self.optimizer_.interpolated_thresholder_.interpolation_dict.items():
-            rules[str(group)] = {
-                "p0": float(rule["p0"]),
-                "operation0": [rule["operation0"].operator, float(rule["operation0"].threshold)],
-                "p1": float(rule["p1"]),
-                "operation1": [rule["operation1"].operator, float(rule["operation1"].threshold)],
-                "p_ignore": float(rule.get("p_ignore", 0.0)),
-                "prediction_constant": float(rule.get("prediction_constant", 0.0)),
-            }
-        return rules
+        fitted = self.optimizer_.interpolated_thresholder_.interpolation_dict
+        return {str(group): _plain_rule(rule) for group, rule in fitted.items()}
 
     def probability(self, scores: np.ndarray, groups: np.ndarray) -> np.ndarray:
         """P(decision = 1) for each sample under the randomised per-group thresholds."""
@@ -365,17 +375,7 @@ class GroupThresholds:
                 objective=payload["objective"],
                 seed=int(payload.get("seed", 0)),
             )
-            out._rules = {
-                str(g): {
-                    "p0": float(r["p0"]),
-                    "operation0": [str(r["operation0"][0]), float(r["operation0"][1])],
-                    "p1": float(r["p1"]),
-                    "operation1": [str(r["operation1"][0]), float(r["operation1"][1])],
-                    "p_ignore": float(r.get("p_ignore", 0.0)),
-                    "prediction_constant": float(r.get("prediction_constant", 0.0)),
-                }
-                for g, r in rules.items()
-            }
+            out._rules = {str(g): _plain_rule(r) for g, r in rules.items()}
         except (ValueError, KeyError, TypeError, IndexError) as err:
             raise InputError(f"{path}: not a group thresholds file ({type(err).__name__}: {err})") from None
         for g, r in out._rules.items():
