@@ -30,7 +30,7 @@ from trustmed.data.synth.cxr import flip_laterality, make_synthcxr, make_synthcx
 from trustmed.data.vindr import load_vindr  # noqa: E402
 from trustmed.grounding.contrastive import ContrastiveConfig, ContrastiveGrounder, train_contrastive  # noqa: E402
 from trustmed.grounding.ldm import load_ldm, tiny_ldm_path  # noqa: E402
-from trustmed.grounding.prompt_tuning import PromptTuningConfig, build_examples, train_prompt  # noqa: E402
+from trustmed.grounding.prompt_tuning import LORA_RECIPE, PromptTuningConfig, build_examples, train_prompt  # noqa: E402
 from trustmed.grounding.zero_shot import GroundingConfig, ZeroShotGrounder, ground_table, score_table  # noqa: E402
 from trustmed.io import write_json  # noqa: E402
 from trustmed.metrics.grounding import laterality_correct, laterality_pairs, miou, sentence_side, summarize  # noqa: E402
@@ -109,7 +109,7 @@ def main(argv: list[str] | None = None) -> int:
     grounding = GroundingConfig(seed=args.seed, num_steps=steps, batch_size=32, token_set="end_and_padding")
     grounders: dict = {"zero_shot": ZeroShotGrounder(ldm, grounding)}
     training: dict = {}
-    for name, extra in (("prompt_tuned", {}), ("prompt_tuned_lora", {"lora": True})):
+    for name, extra in (("prompt_tuned", {}), ("prompt_tuned_lora", LORA_RECIPE)):
         cfg = PromptTuningConfig(seed=args.seed, epochs=epochs, **extra)
         t_cpu = time.process_time()
         prompt, summary = train_prompt(ldm, examples, cfg)
@@ -118,6 +118,7 @@ def main(argv: list[str] | None = None) -> int:
             "wall_minutes": summary["wall_time_s"] / 60,
             "trainable_parameters": summary["trainable_parameters"],
             "best_epoch": summary["best_epoch"],
+            "config": cfg.model_dump(),
             "final": summary["history"][-1],
         }
         prompt.save(args.out / name)

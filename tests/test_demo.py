@@ -58,6 +58,8 @@ def test_grounding_section_shows_prompt_tuning_reading_the_location(tmp_path):
     section = demo_section(tmp_path, seed=0, quick=True)
     table = pd.read_csv(tmp_path / "grounding_table.csv").set_index("method")
     assert "prompt-tuned + LoRA" in section.body and (tmp_path / "grounding_cases.png").is_file()
-    zero, lora = table.loc["zero-shot LDM attention"], table.loc["prompt-tuned + LoRA"]
-    assert lora.auroc > zero.auroc + 0.05
-    assert lora.laterality > zero.laterality
+    zero, ctx = table.loc["zero-shot LDM attention"], table.loc["prompt-tuned (context vectors)"]
+    lora = table.loc["prompt-tuned + LoRA"]
+    # the context vectors sharpen the ranking and read the side; LoRA (soft-IoU loss) lifts mIoU
+    assert ctx.auroc > zero.auroc + 0.03 and ctx.laterality > zero.laterality
+    assert lora.miou > 1.3 * zero.miou and lora.laterality > zero.laterality

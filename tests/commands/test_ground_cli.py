@@ -145,6 +145,8 @@ def test_tune_then_apply_the_prompt(tmp_path, model_dir, image_file, tune_data):
     assert result.exit_code == 0, result.output
     meta = json.loads((out / "prompt.json").read_text())
     assert meta["n_ctx"] == 4 and meta["lora"]["targets"] == ["to_k", "to_v"]
+    # --lora brings the measured recipe; the --set options given after it still apply
+    assert meta["config"]["align_loss"] == "soft_iou" and meta["depth"] == 1 and meta["config"]["epochs"] == 1
     assert meta["counts"]["with_location"] > 0 and "right" in meta["vocabulary"]["sides"]
     summary = json.loads((out / "summary.json").read_text())
     assert summary["cpu_time_s"] > 0 and summary["history"]

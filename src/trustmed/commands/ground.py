@@ -17,7 +17,7 @@ import typer
 from trustmed.commands.common import ConfigOpt, OutOpt, QuietOpt, SeedOpt, SetOpt, cli_command, console, load
 from trustmed.config import Config
 from trustmed.errors import InputError
-from trustmed.grounding.prompt_tuning import PromptTuningConfig
+from trustmed.grounding.prompt_tuning import LORA_RECIPE, PromptTuningConfig
 from trustmed.grounding.train_ldm import TinyLDMConfig
 from trustmed.grounding.zero_shot import GroundingConfig
 
@@ -290,7 +290,11 @@ def tune_cmd(
         str | None, typer.Option("--anatomy", help="Folder of <image_id>.npz anatomy masks.")
     ] = None,
     lora: Annotated[
-        bool | None, typer.Option("--lora/--no-lora", help="Also train LoRA on attn2 k/v.")
+        bool | None,
+        typer.Option(
+            "--lora/--no-lora",
+            help="Also train LoRA on attn2 k/v with its recipe (soft-IoU loss, 4 input vectors, lr 0.01).",
+        ),
     ] = None,
 ):
     """Learn an anatomy-grounded prompt (context vectors, optional LoRA) for a frozen LDM, without boxes.
@@ -307,8 +311,10 @@ def tune_cmd(
 
     sets = _grounding_overrides(set_, model, None, None)
     sets += [f"data.{k}={v}" for k, v in (("root", root), ("anatomy", anatomy)) if v is not None]
-    if lora is not None:
-        sets.append(f"prompt.lora={str(lora).lower()}")
+    if lora:  # the measured LoRA recipe (over the config file); a --set still changes any key
+        sets[:0] = [f"prompt.{k}={str(v).lower()}" for k, v in LORA_RECIPE.items()]
+    elif lora is not None:
+        sets.append("prompt.lora=false")
     cfg = load(GroundTuneConfig, config, sets, seed)
     cfg = cfg.model_copy(update={"prompt": cfg.prompt.model_copy(update={"seed": cfg.seed})})
     ldm = load_ldm(_model_dir(cfg.model))

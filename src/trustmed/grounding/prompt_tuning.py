@@ -47,12 +47,14 @@ from trustmed.grounding.ldm import LDM
 
 __all__ = [
     "PromptTuningConfig",
+    "LORA_RECIPE",
     "TunedPrompt",
     "PromptExamples",
     "build_examples",
     "train_prompt",
     "ldm_fingerprint",
     "attention_distribution",
+    "attention_heat",
     "alignment_loss",
 ]
 
@@ -66,11 +68,17 @@ class PromptTuningConfig(Config):
     Attributes
     ----------
     n_ctx : number of learnable context vectors.
+    depth : text-encoder layers whose input gets its own context vectors (``all``: every layer):
+        1 is CoOp (input embeddings only); more is deep prompt tuning (VPT-deep, Jia et al.,
+        ECCV 2022; P-Tuning v2, Liu et al., ACL 2022): each layer's slots are overwritten by that
+        layer's own vectors.
     ctx_position : ``front`` (after the start token, CoOp) or ``end`` (after the end token; with
         ``token_set: end_and_padding`` they are read by the grounder too).
     ctx_init_std : standard deviation of their random initialisation.
     align_weight : λ, the weight of the alignment loss.
-    align_loss : ``outside_mass`` (1 − attention mass inside the anatomy mask) or ``kl``.
+    align_loss : ``outside_mass`` (1 − attention mass inside the anatomy mask), ``kl`` (to the
+        normalised mask) or ``soft_iou`` (1 − soft IoU of the min-max normalised map, read as the
+        grounder reads it, with the mask; the loss of :data:`LORA_RECIPE`).
     sharpness : contrast of the attention distribution the loss reads
         (:func:`attention_distribution`); ``None``: the raw map divided by its sum.
     token_set, layers : tokens and cross-attention layers whose attention is aligned (and later
@@ -81,16 +89,21 @@ class PromptTuningConfig(Config):
     epochs, batch_size, lr, weight_decay : optimisation (AdamW).
     val_fraction : images held out to select the epoch by validation alignment loss (anatomy
         masks only, no boxes); 0 keeps the last epoch.
+    token_noise : share of training sentences that get one random vocabulary token inserted at
+        each step (:func:`insert_random_tokens`); validation sentences are never changed.
+    token_noise_vocab : draw the inserted token only from the tokens of the training sentences
+        (default), or from the whole tokenizer vocabulary.
     threads : CPU threads.
     """
 
     seed: int = 0
-    n_ctx: int = 4
+    n_ctx: int = 8
+    depth: int | Literal["all"] = "all"
     ctx_position: Literal["front", "end"] = "front"
     ctx_init_std: float = 0.02
     align_weight: float = 1.0
-    align_loss: Literal["outside_mass", "kl"] = "kl"
-    sharpness: float | None = 2.0
+    align_loss: Literal["outside_mass", "kl", "soft_iou"] = "kl"
+    sharpness: float | None = 0.5
     token_set: Literal["content", "end_and_padding"] = "end_and_padding"
     layers: str | int | list[str] = "bottleneck"
     band: tuple[float, float] = (0.4, 0.6)
@@ -100,10 +113,17 @@ class PromptTuningConfig(Config):
     lora_targets: list[str] = ["to_k", "to_v"]
     epochs: int = 12
     batch_size: int = 32
-    lr: float = 1e-2
+    lr: float = 3e-2
     weight_decay: float = 0.0
     val_fraction: float = 0.1
+    token_noise: float = 0.5
+    token_noise_vocab: Literal["training", "tokenizer"] = "training"
     threads: int = 1
+
+
+#: settings the LoRA option was measured with (``benchmarks/prompt_tuning_synthcxr.py``): the soft-IoU
+#: loss, which reads the map as the grounder does, 4 context vectors at the input only, token noise
+LORA_RECIPE = {"lora": True, "align_loss": "soft_iou", "depth": 1, "n_ctx": 4, "lr": 1e-2, "token_noise": 0.5}
 
 
 def ldm_fingerprint(ldm: LDM) -> str:
@@ -123,6 +143,25 @@ def ldm_fingerprint(ldm: LDM) -> str:
     value = digest.hexdigest()
     object.__setattr__(ldm, "_fingerprint", value)
     return value
+
+
+def _text_layers(ldm: LDM, depth: int, *, clip: bool = False) -> list[nn.Module]:
+    """The text encoder's first ``depth`` transformer layers (deep prompts need ``depth`` ≤ their number).
+
+    With ``clip=True`` a larger ``depth`` returns all of them, and an encoder without a layer list
+    none, instead of an error.
+    """
+    if depth <= 1 and not clip:
+        return []
+    model = getattr(ldm.text_encoder, "text_model", ldm.text_encoder)  # transformers 4 nests it
+    layers = getattr(getattr(model, "encoder", None), "layers", None)
+    if layers is None:
+        if clip:
+            return []
+        raise InputError("deep prompts (depth > 1) need a CLIP-style text encoder (encoder.layers)")
+    if depth > len(layers) and not clip:
+        raise InputError(f"depth={depth}: the text encoder has only {len(layers)} layers")
+    return list(layers)[:depth]
 
 
 def _lora_config(rank: int, alpha: float, targets: list[str]):
@@ -155,19 +194,40 @@ class TunedPrompt(nn.Module):
     """
 
     def __init__(
-        self, n_ctx: int, dim: int, *, meta: dict | None = None, init_std: float = 0.02, seed: int = 0
+        self,
+        n_ctx: int,
+        dim: int,
+        *,
+        depth: int = 1,
+        meta: dict | None = None,
+        init_std: float = 0.02,
+        seed: int = 0,
     ):
         super().__init__()
         if n_ctx < 1:
             raise InputError(f"n_ctx={n_ctx}: expected at least one context vector")
+        if depth < 1:
+            raise InputError(f"depth={depth}: expected at least 1 (the input embeddings)")
         gen = torch.Generator().manual_seed(seed)
         self.ctx = nn.Parameter(torch.randn(n_ctx, dim, generator=gen) * init_std)
+        # deep prompts: their own context vectors at the input of text-encoder layers 1 … depth-1
+        self.deep_ctx = (
+            nn.Parameter(torch.randn(depth - 1, n_ctx, dim, generator=gen) * init_std) if depth > 1 else None
+        )
         self.meta = dict(meta or {})
         self.lora_state: dict[str, torch.Tensor] = {}
 
     @property
     def n_ctx(self) -> int:
         return int(self.ctx.shape[0])
+
+    def _deep(self) -> list[torch.Tensor]:
+        return [] if self.deep_ctx is None else list(self.deep_ctx)
+
+    @property
+    def depth(self) -> int:
+        """Number of text-encoder layers whose input carries context vectors (1: CoOp)."""
+        return 1 if self.deep_ctx is None else 1 + int(self.deep_ctx.shape[0])
 
     @property
     def token_set(self) -> str:
@@ -251,11 +311,20 @@ class TunedPrompt(nn.Module):
             out[rows, positions] = self.ctx.to(output.dtype).unsqueeze(0).expand(len(ids), -1, -1)
             return out
 
-        handle = embedding.register_forward_hook(insert)
+        handles = [embedding.register_forward_hook(insert)]
+        for layer, vectors in zip(_text_layers(ldm, self.depth)[1:], self._deep(), strict=True):
+
+            def overwrite(module, args, kwargs, vectors=vectors):
+                hidden = args[0].clone()
+                hidden[rows, positions] = vectors.to(hidden.dtype).unsqueeze(0).expand(len(ids), -1, -1)
+                return (hidden, *args[1:]), kwargs
+
+            handles.append(layer.register_forward_pre_hook(overwrite, with_kwargs=True))
         try:
             return ldm.encode_text(ids, mask if ldm.text_attention_mask else None)
         finally:
-            handle.remove()
+            for handle in handles:
+                handle.remove()
 
     def encode(
         self,
@@ -312,12 +381,15 @@ class TunedPrompt(nn.Module):
         folder = Path(folder)
         folder.mkdir(parents=True, exist_ok=True)
         tensors = {"ctx": self.ctx.detach().float().contiguous()}
+        if self.deep_ctx is not None:
+            tensors["deep_ctx"] = self.deep_ctx.detach().float().contiguous()
         tensors.update({f"lora.{k}": v.detach().float().contiguous() for k, v in self.lora_state.items()})
         save_file(tensors, folder / "prompt.safetensors")
         meta = {
             "format": "trustmed-tuned-prompt",
             "version": FORMAT_VERSION,
             "n_ctx": self.n_ctx,
+            "depth": self.depth,
             **self.meta,
         }
         (folder / "prompt.json").write_text(json.dumps(meta, indent=2, default=str) + "\n")
@@ -351,11 +423,22 @@ class TunedPrompt(nn.Module):
                 f"{weights}: context vectors of shape {tuple(ctx.shape)} "
                 f"do not match n_ctx={meta.get('n_ctx')}"
             )
-        for key in ("format", "version", "n_ctx"):
+        deep = tensors.get("deep_ctx")
+        depth = int(meta.get("depth", 1))
+        if (deep is None) != (depth == 1) or (
+            deep is not None and tuple(deep.shape) != (depth - 1, *ctx.shape)
+        ):
+            raise InputError(
+                f"{weights}: deep context vectors {None if deep is None else tuple(deep.shape)} "
+                f"do not match depth={depth}"
+            )
+        for key in ("format", "version", "n_ctx", "depth"):
             meta.pop(key, None)
-        prompt = cls(ctx.shape[0], ctx.shape[1], meta=meta)
+        prompt = cls(ctx.shape[0], ctx.shape[1], depth=depth, meta=meta)
         with torch.no_grad():
             prompt.ctx.copy_(ctx)
+            if deep is not None:
+                prompt.deep_ctx.copy_(deep)
         prompt.lora_state = {k[5:]: v for k, v in tensors.items() if k.startswith("lora.")}
         return prompt
 
@@ -393,6 +476,21 @@ def attention_distribution(
     return torch.softmax(sharpness * z, dim=1).view_as(out)
 
 
+def attention_heat(maps: list[AttentionMap], weights: torch.Tensor) -> torch.Tensor:
+    """Differentiable (B, h, w) map in [0, 1] read as the grounder reads it.
+
+    Each map is averaged over heads and the weighted tokens and min-max normalised per image
+    (:func:`trustmed.grounding.heatmaps.aggregate_maps`); maps of several layers or calls are
+    resized to the largest and averaged.
+    """
+    from trustmed.grounding.heatmaps import aggregate_maps
+
+    if not maps:
+        raise InputError("no cross-attention was recorded (check the layers setting)")
+    size = max(m.probs.shape[2] for m in maps)
+    return aggregate_maps(maps, weights, size)
+
+
 def alignment_loss(p: torch.Tensor, mask: torch.Tensor, kind: str = "outside_mass") -> torch.Tensor:
     """Per-image alignment loss between a position distribution ``p`` and a [0, 1] anatomy mask.
 
@@ -411,7 +509,10 @@ def alignment_loss(p: torch.Tensor, mask: torch.Tensor, kind: str = "outside_mas
     if kind == "kl":
         q = mask / mask.sum((-2, -1), keepdim=True).clamp_min(1e-12)
         return (torch.xlogy(q, q) - q * torch.log(p.clamp_min(1e-12))).sum((-2, -1))
-    raise InputError(f"align_loss {kind!r}: expected outside_mass or kl")
+    if kind == "soft_iou":
+        inter = (p * mask).sum((-2, -1))
+        return 1.0 - inter / (p + mask - p * mask).sum((-2, -1)).clamp_min(1e-12)
+    raise InputError(f"align_loss {kind!r}: expected outside_mass, kl or soft_iou")
 
 
 # -------------------------------------------------------------------------------------- data
@@ -488,6 +589,43 @@ def build_examples(ldm: LDM, table, anatomy_dir: str | Path, *, batch_size: int 
 
 
 # ---------------------------------------------------------------------------------- training
+def insert_random_tokens(
+    ids: torch.Tensor,
+    mask: torch.Tensor,
+    weights: torch.Tensor,
+    prompt: TunedPrompt,
+    eos_id: int,
+    insertable: torch.Tensor,
+    rate: float,
+    generator: torch.Generator | None = None,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Insert one random vocabulary token among the phrase's words of a ``rate`` share of the rows.
+
+    Text noise for robustness to wording the prompt was not tuned on (random insertion, as in EDA:
+    Wei & Zou, EMNLP 2019). ``ids``, ``mask`` and ``weights`` are slotted rows
+    (:meth:`TunedPrompt.tokenize`); the token goes at a random place between the first word and the
+    end token, everything after it moves one place right and the last (padding) column is dropped.
+    A row without a free padding column is left as it is. The inserted token gets the weight the
+    phrase's words have (0 for ``end_and_padding``, 1 for ``content``). Location words are never
+    removed, so the anatomy mask still holds.
+    """
+    ids, mask, weights = ids.clone(), mask.clone(), weights.clone()
+    n, length = ids.shape
+    eos = (ids == eos_id).int().argmax(dim=1)
+    end = prompt.ctx_position == "end"
+    first = 1 if end else 1 + prompt.n_ctx
+    last_used = eos + (prompt.n_ctx if end else 0)  # index of the last non-padding column
+    chosen = torch.rand(n, generator=generator) < rate
+    word_weight = 1.0 if prompt.token_set == "content" else 0.0
+    for r in torch.nonzero(chosen & (last_used + 1 < length)).flatten().tolist():
+        q = int(torch.randint(first, int(eos[r]) + 1, (1,), generator=generator))
+        token = insertable[torch.randint(len(insertable), (1,), generator=generator)]
+        ids[r] = torch.cat([ids[r, :q], token.to(ids.dtype), ids[r, q:-1]])
+        mask[r] = torch.cat([mask[r, :q], mask.new_ones(1), mask[r, q:-1]])
+        weights[r] = torch.cat([weights[r, :q], weights.new_full((1,), word_weight), weights[r, q:-1]])
+    return ids, mask, weights
+
+
 class _Tuner(nn.Module):
     def __init__(self, prompt: TunedPrompt, unet: nn.Module):
         super().__init__()
@@ -510,7 +648,10 @@ def _step_losses(tuner: _Tuner, ldm: LDM, cfg: PromptTuningConfig, batch, genera
         maps = rec.maps()
     target = noise if ldm.prediction_type == "epsilon" else a.sqrt() * noise - (1 - a).sqrt() * z0
     denoise = F.mse_loss(pred, target)
-    p = attention_distribution(maps, weights, cfg.sharpness)
+    if cfg.align_loss == "soft_iou":
+        p = attention_heat(maps, weights)
+    else:
+        p = attention_distribution(maps, weights, cfg.sharpness)
     per_image = alignment_loss(p, region, cfg.align_loss)
     hasf = has.to(per_image.dtype)
     align = (per_image * hasf).sum() / hasf.sum().clamp_min(1.0)
@@ -529,6 +670,9 @@ def train_prompt(
     from trustmed.utils import seed_everything
 
     cfg = cfg or PromptTuningConfig()
+    if cfg.depth == "all":
+        cfg = cfg.model_copy(update={"depth": max(1, len(_text_layers(ldm, 10**6, clip=True)))})
+    _text_layers(ldm, cfg.depth)  # a depth the text encoder cannot take fails before training
     if int(examples.has_mask.sum()) == 0:
         raise InputError("prompt tuning: no training sentence names a location the anatomy vocabulary maps")
     torch.set_num_threads(cfg.threads)
@@ -566,7 +710,7 @@ def train_prompt(
         },
         "counts": examples.counts,
     }
-    prompt = TunedPrompt(cfg.n_ctx, dim, meta=meta, init_std=cfg.ctx_init_std, seed=cfg.seed)
+    prompt = TunedPrompt(cfg.n_ctx, dim, depth=cfg.depth, meta=meta, init_std=cfg.ctx_init_std, seed=cfg.seed)
     ids, mask, weights = prompt.tokenize(
         ldm.tokenizer, examples.sentences, truncate=False, token_set=cfg.token_set
     )
@@ -588,7 +732,19 @@ def train_prompt(
     trainable = [p for p in tuner.parameters() if p.requires_grad]
     parts = {"denoise": 0.0, "align": 0.0, "n": 0}
 
+    special = {ldm.tokenizer.bos_token_id, ldm.tokenizer.eos_token_id, ldm.tokenizer.pad_token_id}
+    special |= {ldm.tokenizer.unk_token_id} - {None}
+    training_tokens = ids[~is_val].unique().tolist()
+    pool = range(len(ldm.tokenizer)) if cfg.token_noise_vocab == "tokenizer" else training_tokens
+    insertable = torch.tensor(sorted({int(i) for i in pool} - special))
+
     def loss_fn(model, batch):
+        if cfg.token_noise > 0:
+            z0, b_ids, b_mask, b_weights, region, has = batch
+            b_ids, b_mask, b_weights = insert_random_tokens(
+                b_ids, b_mask, b_weights, prompt, ldm.tokenizer.eos_token_id, insertable, cfg.token_noise
+            )
+            batch = (z0, b_ids, b_mask, b_weights, region, has)
         denoise, align = _step_losses(model, work, cfg, batch)
         parts["denoise"] += float(denoise.detach())
         parts["align"] += float(align.detach())
