@@ -105,7 +105,8 @@ def demo_section(out_dir: Path, *, seed: int = 0, quick: bool = True) -> Section
         "map is chance; the class-location prior knows where each finding type usually is, without "
         f"looking at the image. {len(test)} test pairs, {grounder.timing_['seconds_per_pair']:.2f} s "
         "per pair on CPU.</p>"
-        "<p>Prompt tuning keeps the model frozen and learns a few context vectors (and, in the LoRA "
+        "<p>Prompt tuning keeps the model frozen and learns a few context vectors per text-encoder "
+        "layer (and, in the LoRA "
         "row, small adapters on the cross-attention keys and values) so that the attention of each "
         'training sentence falls inside the anatomy its location words name ("right upper zone" → '
         "that zone's mask). No finding box is used. <em>Laterality</em>: on images with the same "
