@@ -293,7 +293,8 @@ def tune_cmd(
         bool | None,
         typer.Option(
             "--lora/--no-lora",
-            help="Also train LoRA on attn2 k/v with its recipe (soft-IoU loss, 4 input vectors, lr 0.01).",
+            help="Also train LoRA on attn2 k/v with its recipe (soft-IoU loss, 4 input vectors, lr 0.01, "
+            "token noise 0.5).",
         ),
     ] = None,
 ):

@@ -145,23 +145,22 @@ def ldm_fingerprint(ldm: LDM) -> str:
     return value
 
 
-def _text_layers(ldm: LDM, depth: int, *, clip: bool = False) -> list[nn.Module]:
-    """The text encoder's first ``depth`` transformer layers (deep prompts need ``depth`` ≤ their number).
-
-    With ``clip=True`` a larger ``depth`` returns all of them, and an encoder without a layer list
-    none, instead of an error.
-    """
-    if depth <= 1 and not clip:
-        return []
+def _text_layers(ldm: LDM) -> list[nn.Module]:
+    """The text encoder's transformer layers (none when it is not CLIP-style)."""
     model = getattr(ldm.text_encoder, "text_model", ldm.text_encoder)  # transformers 4 nests it
     layers = getattr(getattr(model, "encoder", None), "layers", None)
-    if layers is None:
-        if clip:
-            return []
+    return [] if layers is None else list(layers)
+
+
+def _check_depth(ldm: LDM, depth: int) -> None:
+    """Deep prompts (``depth`` > 1) need a CLIP-style text encoder with at least ``depth`` layers."""
+    if depth <= 1:
+        return
+    layers = _text_layers(ldm)
+    if not layers:
         raise InputError("deep prompts (depth > 1) need a CLIP-style text encoder (encoder.layers)")
-    if depth > len(layers) and not clip:
+    if depth > len(layers):
         raise InputError(f"depth={depth}: the text encoder has only {len(layers)} layers")
-    return list(layers)[:depth]
 
 
 def _lora_config(rank: int, alpha: float, targets: list[str]):
@@ -312,7 +311,8 @@ class TunedPrompt(nn.Module):
             return out
 
         handles = [embedding.register_forward_hook(insert)]
-        for layer, vectors in zip(_text_layers(ldm, self.depth)[1:], self._deep(), strict=True):
+        _check_depth(ldm, self.depth)
+        for layer, vectors in zip(_text_layers(ldm)[1 : self.depth], self._deep(), strict=True):
 
             def overwrite(module, args, kwargs, vectors=vectors):
                 hidden = args[0].clone()
@@ -671,8 +671,8 @@ def train_prompt(
 
     cfg = cfg or PromptTuningConfig()
     if cfg.depth == "all":
-        cfg = cfg.model_copy(update={"depth": max(1, len(_text_layers(ldm, 10**6, clip=True)))})
-    _text_layers(ldm, cfg.depth)  # a depth the text encoder cannot take fails before training
+        cfg = cfg.model_copy(update={"depth": max(1, len(_text_layers(ldm)))})
+    _check_depth(ldm, cfg.depth)  # a depth the text encoder cannot take fails before training
     if int(examples.has_mask.sum()) == 0:
         raise InputError("prompt tuning: no training sentence names a location the anatomy vocabulary maps")
     torch.set_num_threads(cfg.threads)
