@@ -6,7 +6,15 @@ import numpy as np
 import pytest
 import torch
 
-from trustmed.causal import AlphaSchedule, CoVAE, encode, fit_covae, ordering_loss
+from trustmed.causal import (
+    AlphaSchedule,
+    CoVAE,
+    encode,
+    fit_covae,
+    ordering_loss,
+    permute_latents,
+    score_order,
+)
 from trustmed.data.synth.anm import make_latent_anm
 from trustmed.errors import InputError
 
@@ -110,3 +118,63 @@ def test_fit_covae_bad_input():
         fit_covae(CoVAE(8, 3), bad, epochs=1, batch_size=64)
     with pytest.raises(InputError, match="at least 8"):
         fit_covae(CoVAE(8, 3), x, epochs=1, batch_size=4, alpha=1.0)
+
+
+def test_permute_latents_renumbers_units_and_optimizer_state():
+    torch.manual_seed(0)
+    x = torch.randn(16, 6)
+    order = [2, 0, 3, 1]
+    for kwargs in ({"input_dim": 6}, {"image_size": 8}):
+        model = CoVAE(latent_dim=4, prior="gmm", hidden=16, **kwargs)
+        inputs = x if "input_dim" in kwargs else torch.randn(16, 1, 8, 8)
+        opt = torch.optim.Adam(model.parameters(), lr=1e-2)
+        model(inputs)["loss"].backward()
+        opt.step()
+        mu, logvar = model.encode(inputs)
+        z = torch.randn(16, 4)
+        decoded, prior = model.decode(z), model.prior.log_prob(z)
+        moments = opt.state[model.encoder[-1].weight]["exp_avg"].clone()
+        permute_latents(model, order, opt)
+        mu2, logvar2 = model.encode(inputs)
+        torch.testing.assert_close(mu2, mu[:, order])
+        torch.testing.assert_close(logvar2, logvar[:, order])
+        torch.testing.assert_close(model.decode(z[:, order]), decoded)
+        torch.testing.assert_close(model.prior.log_prob(z[:, order]), prior)
+        rows = order + [i + 4 for i in order]
+        torch.testing.assert_close(opt.state[model.encoder[-1].weight]["exp_avg"], moments[rows])
+    with pytest.raises(InputError, match="permutation"):
+        permute_latents(model, [0, 0, 1, 2])
+
+
+def test_fit_covae_reorder_puts_units_in_score_order(monkeypatch):
+    import trustmed.causal.covae as covae_mod
+
+    torch.set_num_threads(1)
+    _, x = _tiny_anm()
+    seen = []
+    original = covae_mod.permute_latents
+
+    calls = [0]
+
+    class Counting(CoVAE):
+        def forward(self, x, **kwargs):
+            calls[0] += 1
+            return super().forward(x, **kwargs)
+
+    def spy(model, order, optimizer=None):
+        assert calls[0] == 16  # 2 warm-up epochs of 256 / 32 steps, before the first step after them
+        seen.append((list(order), encode(model, x[:256])))
+        original(model, order, optimizer)
+        seen.append(encode(model, x[:256]))
+        model.train()
+
+    monkeypatch.setattr(covae_mod, "permute_latents", spy)
+    torch.manual_seed(0)
+    model = Counting(8, 3, hidden=32)
+    fit_covae(model, x[:256], epochs=4, batch_size=32, lr=1e-2, warmup_epochs=2, reorder=True, seed=0)
+    assert len(seen) == 2  # once, at the end of warm-up
+    (order, before), after = seen
+    assert order == score_order(before)
+    np.testing.assert_allclose(after, before[:, order], atol=1e-6)
+    with pytest.raises(InputError, match="warmup_epochs"):
+        fit_covae(CoVAE(8, 3), x[:256], epochs=1, batch_size=32, reorder=True)

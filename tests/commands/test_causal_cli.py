@@ -35,11 +35,22 @@ def test_synth_fit_eval(tmp_path):
 
 
 def test_pendulum_fit(tmp_path):
-    sets = ["data.synthetic=pendulum", "data.n=96", "data.image_size=16", "model.latent_dim=4"]
+    sets = [
+        "data.synthetic=pendulum",
+        "data.n=96",
+        "data.image_size=16",
+        "model.latent_dim=4",
+        "train.reorder=true",
+    ]
     args = [arg for s in sets for arg in ("--set", s)]
     res = runner.invoke(app, ["causal", "fit", "--out", str(tmp_path / "p"), *args, *FAST])
     assert res.exit_code == 0, res.output
     assert json.loads((tmp_path / "p" / "metrics.json").read_text())["n_latents_true"] == 4
+    assert json.loads((tmp_path / "p" / "model.json").read_text())["config"]["train"]["reorder"] is True
+    no_warmup = ["--set", "train.warmup_epochs=0"]
+    res = runner.invoke(app, ["causal", "fit", "--out", str(tmp_path / "q"), *args, *FAST, *no_warmup])
+    assert res.exit_code == 2 and "reorder" in res.output
+    assert not (tmp_path / "q").exists()
 
 
 def test_bad_input_exits_2_without_output(tmp_path):

@@ -12,6 +12,7 @@ from trustmed.causal.covae import (
     encode,
     fit_covae,
     ordering_loss,
+    permute_latents,
     reconstruct,
 )
 from trustmed.causal.ordering import full_dag_from_order, prune_order, score_order
@@ -27,6 +28,7 @@ __all__ = [
     "median_bandwidth",
     "nested_hessian_diag",
     "ordering_loss",
+    "permute_latents",
     "prune_order",
     "reconstruct",
     "score_order",

@@ -23,10 +23,15 @@ generative models without auxiliary information" (Kivva et al., NeurIPS 2022, ar
 Training runs through :func:`trustmed.train.fit`. ``alpha`` follows :class:`AlphaSchedule`: zero for
 ``warmup_epochs`` epochs (the VAE first learns to reconstruct), then a linear ramp over
 ``ramp_epochs`` epochs to its final value; the schedule is a stateful object saved with checkpoints.
+
+The ordering loss takes the latent index as the order, but its gradient cannot swap two latent units:
+it can only reshape them. ``reorder=True`` therefore permutes the units once, at the end of warm-up,
+into the order SCORE finds on the posterior means (:func:`permute_latents`), before ``alpha`` ramps up.
 """
 
 from __future__ import annotations
 
+import logging
 import math
 from dataclasses import dataclass
 
@@ -38,7 +43,18 @@ from torch import Tensor, nn
 from trustmed.causal.stein import MIN_SAMPLES, nested_hessian_diag
 from trustmed.errors import InputError
 
-__all__ = ["CoVAE", "CoVAEConfig", "AlphaSchedule", "ordering_loss", "fit_covae", "encode", "reconstruct"]
+log = logging.getLogger(__name__)
+
+__all__ = [
+    "CoVAE",
+    "CoVAEConfig",
+    "AlphaSchedule",
+    "ordering_loss",
+    "permute_latents",
+    "fit_covae",
+    "encode",
+    "reconstruct",
+]
 
 
 def ordering_loss(z: Tensor, *, tau: float = 1.0, eta: float = 1e-3, scale_aware: bool = False) -> Tensor:
@@ -263,6 +279,45 @@ class AlphaSchedule:
         self.steps = int(state["steps"])
 
 
+@torch.no_grad()
+def permute_latents(model: CoVAE, order, optimizer: torch.optim.Optimizer | None = None) -> None:
+    """Renumber the latent units in place: new unit ``i`` is old unit ``order[i]``.
+
+    The encoder's output rows (means and log-variances), the decoder's input columns, the mixture
+    prior's per-dimension parameters and, if given, the optimiser's per-parameter state (e.g. Adam's
+    moments) are permuted alike, so the model computes the same function up to the order of its
+    latents.
+
+    >>> model = CoVAE(input_dim=4, latent_dim=3)
+    >>> x = torch.randn(5, 4)
+    >>> before = model.encode(x)[0]
+    >>> permute_latents(model, [2, 0, 1])
+    >>> torch.allclose(model.encode(x)[0], before[:, [2, 0, 1]])
+    True
+    """
+    d = model.latent_dim
+    perm = torch.as_tensor(list(order), dtype=torch.long)
+    if sorted(perm.tolist()) != list(range(d)):
+        raise InputError(f"order: expected a permutation of 0..{d - 1}, got {list(order)}")
+    encoder_out = model.encoder[-1]
+    decoder_in = model.decoder[0]
+    rows = torch.cat([perm, perm + d])
+    moves: list[tuple[Tensor, int, Tensor]] = [  # (parameter, dimension, index)
+        (encoder_out.weight, 0, rows),
+        (encoder_out.bias, 0, rows),
+        (decoder_in.weight, 1, perm),
+    ]
+    if model.prior is not None:
+        moves += [(model.prior.means, 1, perm), (model.prior.log_std, 1, perm)]
+    for param, dim, index in moves:
+        index = index.to(param.device)
+        param.copy_(param.index_select(dim, index))
+        state = optimizer.state.get(param, {}) if optimizer is not None else {}
+        for value in state.values():
+            if isinstance(value, Tensor) and value.shape == param.shape:
+                value.copy_(value.index_select(dim, index))
+
+
 def _as_tensor(x, name: str) -> Tensor:
     t = torch.as_tensor(np.asarray(x) if not isinstance(x, Tensor) else x, dtype=torch.float32)
     if not torch.isfinite(t).all():
@@ -294,6 +349,21 @@ def reconstruct(model: CoVAE, x, *, batch_size: int = 512) -> np.ndarray:
     return torch.cat(chunks).numpy()
 
 
+def _reorder_by_score(model: CoVAE, data: Tensor, optimizer, eta: float) -> list[int]:
+    from trustmed.causal.ordering import score_order
+
+    was_training = model.training
+    model.eval()
+    with torch.no_grad():
+        device = next(model.parameters()).device
+        mu = model.encode(data[:1024].to(device))[0]
+    model.train(was_training)
+    order = score_order(mu, eta=eta)
+    permute_latents(model, order, optimizer)
+    log.info("latent units reordered after warm-up into SCORE's order %s", order)
+    return order
+
+
 def fit_covae(
     model: CoVAE,
     x_train,
@@ -309,6 +379,7 @@ def fit_covae(
     scale_aware: bool = False,
     warmup_epochs: int = 0,
     ramp_epochs: int = 0,
+    reorder: bool = False,
     seed: int = 0,
     accelerator=None,
     checkpoint_dir=None,
@@ -319,6 +390,10 @@ def fit_covae(
     Returns the :class:`trustmed.train.FitResult`; the history holds ``val_recon``, ``val_kl``,
     ``val_order`` (ordering loss of the validation posterior means) and ``alpha`` per epoch. The last
     epoch's weights are kept: no test data choose anything.
+
+    ``reorder=True`` (needs ``warmup_epochs > 0``) renumbers the latent units once, at the first step
+    after warm-up, into SCORE's order (:func:`trustmed.causal.score_order`) of the posterior means of
+    up to 1024 training samples (:func:`permute_latents`); the order is logged.
     """
     from torch.utils.data import DataLoader, TensorDataset
 
@@ -331,6 +406,8 @@ def fit_covae(
         )
     if len(data) < batch_size:
         raise InputError(f"x_train: {len(data)} samples, fewer than one batch of {batch_size}")
+    if reorder and (warmup_epochs <= 0 or model.latent_dim < 2):
+        raise InputError("reorder: needs warmup_epochs > 0 (units are ordered after warm-up) and 2+ latents")
     steps_per_epoch = len(data) // batch_size
     schedule = AlphaSchedule(alpha, warmup_epochs * steps_per_epoch, ramp_epochs * steps_per_epoch)
     loader = DataLoader(
@@ -341,7 +418,11 @@ def fit_covae(
         generator=torch.Generator().manual_seed(seed),
     )
 
+    optimizer = torch.optim.Adam(model.parameters(), lr=lr)
+
     def loss_fn(m, batch):
+        if reorder and schedule.steps == schedule.warmup_steps:
+            _reorder_by_score(model, data, optimizer, eta)
         return m(batch[0], alpha=schedule.step(), beta=beta, tau=tau, eta=eta, scale_aware=scale_aware)[
             "loss"
         ]
@@ -362,7 +443,6 @@ def fit_covae(
                 row["val_order"] = float(ordering_loss(mu, tau=tau, eta=eta, scale_aware=scale_aware))
         return row
 
-    optimizer = torch.optim.Adam(model.parameters(), lr=lr)
     torch.manual_seed(seed)
     return fit(
         model,

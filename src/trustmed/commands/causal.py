@@ -62,6 +62,7 @@ class CausalTrainConfig(Config):
     scale_aware: bool = False
     warmup_epochs: int = 5
     ramp_epochs: int = 5
+    reorder: bool = False
 
 
 class CausalFitConfig(Config):
@@ -206,6 +207,7 @@ def fit_cmd(
         scale_aware=t.scale_aware,
         warmup_epochs=t.warmup_epochs,
         ramp_epochs=t.ramp_epochs,
+        reorder=t.reorder,
         seed=cfg.seed,
     )
     latents = encode(model, x_norm)

@@ -1,0 +1,105 @@
+"""How far the end token's attention varies over the image: zero-shot, context vectors, LoRA.
+
+For each prompt (``zero`` for none, or a tuned-prompt folder) on the first ``--pairs`` SynthCXR test
+pairs at t = T/2 and every cross-attention layer and head, this prints:
+
+* the length of the end token's text embedding (fixed by the text encoder's final layer norm);
+* the standard deviation over image positions of its attention logits, and the largest standard
+  deviation any text vector of that length could give (the top singular value of the centred
+  ``scale * Q W_k`` matrix times the length, over the square root of the number of positions);
+* the 5th-to-95th percentile span of the log-attention of the end and padding tokens.
+
+    python benchmarks/prompt_logit_range.py --root runs/bench_prompt/synthcxr \\
+        zero runs/bench_prompt/prompt_tuned runs/bench_prompt/prompt_tuned_lora
+"""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+import torch
+
+from trustmed.data.mscxr import load_mscxr
+from trustmed.grounding.attention import AttentionRecorder, cross_attention_layers
+from trustmed.grounding.ldm import load_ldm, tiny_ldm_path
+from trustmed.grounding.prompt_tuning import TunedPrompt, build_examples
+from trustmed.grounding.zero_shot import tokenize_phrases
+
+
+def _encode(ldm, sentences: list[str], prompt: str):
+    if prompt == "zero":
+        enc, weights = tokenize_phrases(ldm.tokenizer, sentences, token_set="end_and_padding")
+        ids, mask = enc["input_ids"], enc["attention_mask"]
+        return ldm, ids, weights, ldm.encode_text(ids, mask if ldm.text_attention_mask else None)
+    tuned = TunedPrompt.load(prompt)
+    ids, mask, weights = tuned.tokenize(ldm.tokenizer, sentences, token_set="end_and_padding")
+    return tuned.apply(ldm), ids, weights, tuned.encode_ids(ldm, ids, mask)
+
+
+@torch.no_grad()
+def measure(ldm, latents: torch.Tensor, sentences: list[str], prompt: str, seed: int = 0) -> dict:
+    model, ids, weights, context = _encode(ldm, sentences, prompt)
+    t = torch.full((len(ids),), ldm.num_train_timesteps // 2)
+    a = ldm.alphas_cumprod[t].view(-1, 1, 1, 1)
+    noise = torch.randn(latents.shape, generator=torch.Generator().manual_seed(seed))
+    zt = a.sqrt() * latents + (1 - a).sqrt() * noise
+    end = context[torch.arange(len(ids)), (ids == ldm.tokenizer.eos_token_id).int().argmax(1)]
+    queries: dict[str, torch.Tensor] = {}
+    blocks = {name: model.unet.get_submodule(name) for name in cross_attention_layers(model.unet)}
+    hooks = [
+        blk.to_q.register_forward_hook(lambda mod, i, out, name=name: queries.__setitem__(name, out))
+        for name, blk in blocks.items()
+    ]
+    try:
+        with AttentionRecorder(model.unet) as rec:
+            model.unet_forward(zt, t, context)
+    finally:
+        for hook in hooks:
+            hook.remove()
+    real, bound = [], []
+    for name, blk in blocks.items():
+        key_proj = blk.to_k(torch.eye(context.shape[-1]))  # text dim x inner dim (no bias)
+        for h in range(blk.num_heads):
+            cols = slice(h * blk.head_dim, (h + 1) * blk.head_dim)
+            logits = queries[name][..., cols] @ key_proj[:, cols].T * blk.scale  # (B, positions, text dim)
+            centred = logits - logits.mean(1, keepdim=True)
+            top = torch.linalg.svdvals(centred)[:, 0]
+            bound.append(end.norm(dim=1) * top / centred.shape[1] ** 0.5)
+            real.append((centred @ end[:, :, None])[..., 0].std(1, unbiased=False))
+    w = (weights / weights.sum(1, keepdim=True)).float()
+    spans = []
+    for m in rec.maps():
+        heat = torch.einsum("bkhwt,bt->bkhw", m.probs, w).flatten(2).clamp_min(1e-12).log()
+        q = torch.quantile(heat, torch.tensor([0.05, 0.95]), dim=-1)
+        spans.append((q[1] - q[0]).flatten())
+    return {
+        "end_token_norm": float(end.norm(dim=1).mean()),
+        "logit_std": float(torch.cat(real).mean()),
+        "logit_std_bound": float(torch.cat(bound).mean()),
+        "log_attention_span": float(torch.cat(spans).mean()),
+    }
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("prompts", nargs="+", help="'zero' or tuned-prompt folders")
+    parser.add_argument("--root", type=Path, required=True, help="SynthCXR folder with anatomy/")
+    parser.add_argument("--pairs", type=int, default=64)
+    args = parser.parse_args()
+    torch.set_num_threads(1)
+    ldm = load_ldm(tiny_ldm_path())
+    table = load_mscxr(args.root, split="test").iloc[: args.pairs]
+    examples = build_examples(ldm, table, args.root / "anatomy")
+    print("| prompt | end-token length | logit std | bound | log-attention span |")
+    print("| --- | --- | --- | --- | --- |")
+    for prompt in args.prompts:
+        r = measure(ldm, examples.latents, examples.sentences, prompt)
+        print(
+            f"| {prompt} | {r['end_token_norm']:.2f} | {r['logit_std']:.2f} | {r['logit_std_bound']:.2f} "
+            f"| {r['log_attention_span']:.2f} |"
+        )
+
+
+if __name__ == "__main__":
+    main()
