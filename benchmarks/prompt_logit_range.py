@@ -24,27 +24,20 @@ from trustmed.data.mscxr import load_mscxr
 from trustmed.grounding.attention import AttentionRecorder, cross_attention_layers
 from trustmed.grounding.ldm import load_ldm, tiny_ldm_path
 from trustmed.grounding.prompt_tuning import TunedPrompt, build_examples
-from trustmed.grounding.zero_shot import tokenize_phrases
-
-
-def _encode(ldm, sentences: list[str], prompt: str):
-    if prompt == "zero":
-        enc, weights = tokenize_phrases(ldm.tokenizer, sentences, token_set="end_and_padding")
-        ids, mask = enc["input_ids"], enc["attention_mask"]
-        return ldm, ids, weights, ldm.encode_text(ids, mask if ldm.text_attention_mask else None)
-    tuned = TunedPrompt.load(prompt)
-    ids, mask, weights = tuned.tokenize(ldm.tokenizer, sentences, token_set="end_and_padding")
-    return tuned.apply(ldm), ids, weights, tuned.encode_ids(ldm, ids, mask)
+from trustmed.grounding.zero_shot import GroundingConfig, ZeroShotGrounder
 
 
 @torch.no_grad()
 def measure(ldm, latents: torch.Tensor, sentences: list[str], prompt: str, seed: int = 0) -> dict:
-    model, ids, weights, context = _encode(ldm, sentences, prompt)
-    t = torch.full((len(ids),), ldm.num_train_timesteps // 2)
+    tuned = None if prompt == "zero" else TunedPrompt.load(prompt)
+    grounder = ZeroShotGrounder(ldm, GroundingConfig(token_set="end_and_padding"), prompt=tuned)
+    model = grounder.ldm
+    context, weights = grounder._text(sentences)  # exactly the text the grounder attends to
+    t = torch.full((len(sentences),), ldm.num_train_timesteps // 2)
     a = ldm.alphas_cumprod[t].view(-1, 1, 1, 1)
     noise = torch.randn(latents.shape, generator=torch.Generator().manual_seed(seed))
     zt = a.sqrt() * latents + (1 - a).sqrt() * noise
-    end = context[torch.arange(len(ids)), (ids == ldm.tokenizer.eos_token_id).int().argmax(1)]
+    end = context[torch.arange(len(sentences)), weights.argmax(1)]  # the first weighted token: the end token
     queries: dict[str, torch.Tensor] = {}
     blocks = {name: model.unet.get_submodule(name) for name in cross_attention_layers(model.unet)}
     hooks = [

@@ -353,12 +353,8 @@ def _reorder_by_score(model: CoVAE, data: Tensor, optimizer, eta: float) -> list
     from trustmed.causal.ordering import score_order
 
     was_training = model.training
-    model.eval()
-    with torch.no_grad():
-        device = next(model.parameters()).device
-        mu = model.encode(data[:1024].to(device))[0]
-    model.train(was_training)
-    order = score_order(mu, eta=eta)
+    order = score_order(encode(model, data[:1024]), eta=eta)  # posterior means
+    model.train(was_training)  # encode() leaves the model in eval mode
     permute_latents(model, order, optimizer)
     log.info("latent units reordered after warm-up into SCORE's order %s", order)
     return order
