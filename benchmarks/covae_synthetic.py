@@ -14,7 +14,8 @@ the sweep in docs/causal.md, which did not beat the VAE beyond seed noise). ``va
 with its latent units put in SCORE's order once, at the end of the warm-up quarter (``reorder=True``,
 no ordering loss). On a shared 2-core CPU the ANM part took about 7 minutes and Pendulum about 35 s
 per run. ``--datasets``, ``--methods``, ``--anm-steps``, ``--pendulum-steps``, ``--alpha``, ``--tau``,
-``--scale-aware``, ``--reorder`` (coVAE) and ``--seeds`` select a part or a sweep point.
+``--scale-aware``, ``--reorder`` (coVAE), ``--criterion`` (the leaf criterion of coVAE's loss and of every
+reordering: ``hessian`` or ``residual``) and ``--seeds`` select a part or a sweep point.
 
 Targets: coVAE's mean order divergence below the VAE's, with its mean MCC at most 0.05 below the VAE's
 (latent ANM), and a coVAE step at most 4x a VAE step. The REPORT line gives ``vae_reorder`` against
@@ -77,6 +78,7 @@ def run_one(kind: str, method: str, seed: int, args) -> dict:
     settings = dict(METHODS[method])
     if settings["alpha"] > 0 or settings.get("reorder"):
         settings.update(warmup_epochs=round(args.warmup * epochs), ramp_epochs=round(args.ramp * epochs))
+        settings.update(criterion=args.criterion)  # the leaf criterion of the loss and of the reordering
     if settings["alpha"] > 0:
         settings.update(scale_aware=args.scale_aware, reorder=args.reorder)
     t0 = time.perf_counter()
@@ -103,7 +105,9 @@ def run_one(kind: str, method: str, seed: int, args) -> dict:
     return row
 
 
-def step_overhead(batch_size: int = 128, rounds: int = 5, steps: int = 20) -> dict:
+def step_overhead(
+    batch_size: int = 128, rounds: int = 5, steps: int = 20, criterion: str = "hessian"
+) -> dict:
     """Median time of one optimiser step, VAE vs coVAE (alpha > 0), on the latent ANM model."""
     torch.manual_seed(0)
     x = torch.randn(batch_size, 20)
@@ -114,12 +118,12 @@ def step_overhead(batch_size: int = 128, rounds: int = 5, steps: int = 20) -> di
         for name, alpha in (("vae", 0.0), ("covae", 10.0)):
             for _ in range(3):
                 opt.zero_grad()
-                model(x, alpha=alpha)["loss"].backward()
+                model(x, alpha=alpha, criterion=criterion)["loss"].backward()
                 opt.step()
             t0 = time.perf_counter()
             for _ in range(steps):
                 opt.zero_grad()
-                model(x, alpha=alpha)["loss"].backward()
+                model(x, alpha=alpha, criterion=criterion)["loss"].backward()
                 opt.step()
             times[name].append((time.perf_counter() - t0) / steps)
     vae, covae = float(np.median(times["vae"])), float(np.median(times["covae"]))
@@ -128,6 +132,7 @@ def step_overhead(batch_size: int = 128, rounds: int = 5, steps: int = 20) -> di
         "covae_step_ms": 1e3 * covae,
         "ratio": covae / vae,
         "batch_size": batch_size,
+        "criterion": criterion,
     }
 
 
@@ -177,6 +182,7 @@ def main() -> None:
     parser.add_argument("--methods", default="vae,beta_vae,covae,vae_reorder")
     parser.add_argument("--prior", default="gmm", choices=["normal", "gmm"])
     parser.add_argument("--scale-aware", action="store_true")
+    parser.add_argument("--criterion", choices=("hessian", "residual"), default="hessian")
     parser.add_argument("--reorder", action="store_true", help="coVAE: SCORE-order the units after warm-up")
     parser.add_argument("--alpha", type=float, default=10.0)
     parser.add_argument("--tau", type=float, default=1.0)
@@ -218,7 +224,7 @@ def main() -> None:
             for method in args.methods.split(","):
                 rows.append(run_one(kind, method, args.seed + i, args))
                 write_json(args.out / "runs_partial.json", rows)
-    overhead = step_overhead(rounds=3 if args.quick else 7)
+    overhead = step_overhead(rounds=3 if args.quick else 7, criterion=args.criterion)
     summary = {kind: summarise(rows, kind) for kind in datasets}
     result = {
         "settings": {k: v for k, v in vars(args).items()},

@@ -46,6 +46,30 @@ def test_ordering_loss_matches_its_definition_and_has_gradients():
         ordering_loss(torch.randn(32, 1))
 
 
+def test_ordering_loss_residual_criterion():
+    from trustmed.causal.stein import nested_residual_leafness
+
+    data = make_latent_anm(n=256, d=4, observed_dim=None, expected_edges=4, seed=3)
+    z = torch.as_tensor(data.z, dtype=torch.float64)
+    true = ordering_loss(z[:, data.order], criterion="residual", tau=0.1)
+    assert true < ordering_loss(z[:, data.order[::-1]], criterion="residual", tau=0.1)
+    # ... and it does not care about the latents' scales (the Hessian criterion does).
+    scaled = z[:, data.order] * torch.tensor([0.1, 3.0, 0.5, 20.0], dtype=torch.float64)
+    torch.testing.assert_close(ordering_loss(scaled, criterion="residual", tau=0.1), true, rtol=0, atol=1e-8)
+
+    zz = z[:64, :3].clone().requires_grad_()
+    crit = nested_residual_leafness(zz)
+    expected = -torch.log_softmax(-crit[0, :2] / 0.2, 0)[1] - torch.log_softmax(-crit[1] / 0.2, 0)[2]
+    loss = ordering_loss(zz, criterion="residual", tau=0.2)
+    torch.testing.assert_close(loss, expected)
+    loss.backward()
+    assert torch.isfinite(zz.grad).all() and zz.grad.abs().sum() > 0
+    with pytest.raises(InputError, match="criterion"):
+        ordering_loss(z, criterion="hessain")
+    with pytest.raises(InputError, match="scale_aware"):
+        ordering_loss(z, criterion="residual", scale_aware=True)
+
+
 def test_mixture_prior_is_a_normalised_density():
     model = CoVAE(input_dim=4, latent_dim=2, prior="gmm", n_components=3)
     prior = model.prior
@@ -118,6 +142,13 @@ def test_fit_covae_bad_input():
         fit_covae(CoVAE(8, 3), bad, epochs=1, batch_size=64)
     with pytest.raises(InputError, match="at least 8"):
         fit_covae(CoVAE(8, 3), x, epochs=1, batch_size=4, alpha=1.0)
+    model = CoVAE(8, 3)
+    before = [p.detach().clone() for p in model.parameters()]
+    with pytest.raises(InputError, match="criterion"):  # refused before any step, not after warm-up
+        fit_covae(model, x, epochs=2, batch_size=64, alpha=1.0, warmup_epochs=1, criterion="leaf")
+    with pytest.raises(InputError, match="scale_aware"):
+        fit_covae(model, x, epochs=2, batch_size=64, alpha=1.0, criterion="residual", scale_aware=True)
+    assert all(torch.equal(a, b) for a, b in zip(before, model.parameters(), strict=True))
 
 
 def test_permute_latents_renumbers_units_and_optimizer_state():
@@ -146,7 +177,8 @@ def test_permute_latents_renumbers_units_and_optimizer_state():
         permute_latents(model, [0, 0, 1, 2])
 
 
-def test_fit_covae_reorder_puts_units_in_score_order(monkeypatch):
+@pytest.mark.parametrize("criterion", ["hessian", "residual"])
+def test_fit_covae_reorder_puts_units_in_score_order(monkeypatch, criterion):
     import trustmed.causal.covae as covae_mod
 
     torch.set_num_threads(1)
@@ -171,10 +203,12 @@ def test_fit_covae_reorder_puts_units_in_score_order(monkeypatch):
     monkeypatch.setattr(covae_mod, "permute_latents", spy)
     torch.manual_seed(0)
     model = Counting(8, 3, hidden=32)
-    fit_covae(model, x[:256], epochs=4, batch_size=32, lr=1e-2, warmup_epochs=2, reorder=True, seed=0)
+    fit_covae(
+        model, x[:256], epochs=4, batch_size=32, lr=1e-2, warmup_epochs=2, reorder=True, criterion=criterion
+    )
     assert len(seen) == 2  # once, at the end of warm-up
     (order, before), after = seen
-    assert order == score_order(before)
+    assert order == score_order(before, criterion=criterion)
     np.testing.assert_allclose(after, before[:, order], atol=1e-6)
     with pytest.raises(InputError, match="warmup_epochs"):
         fit_covae(CoVAE(8, 3), x[:256], epochs=1, batch_size=32, reorder=True)

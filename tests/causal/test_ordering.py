@@ -35,6 +35,22 @@ def test_chain_order_and_pruning():
     assert shd(truth, full_dag_from_order(order)) == 1  # the spurious a -> c
 
 
+def test_residual_criterion_orders_at_any_scale():
+    rng = np.random.default_rng(0)
+    a = rng.normal(size=500)
+    b = 1.5 * np.tanh(2 * a) + 0.4 * rng.normal(size=500)
+    c = 1.5 * np.tanh(1.5 * b) + 0.4 * rng.normal(size=500)
+    x = np.stack([c, a, b], axis=1)  # true chain a -> b -> c
+    assert score_order(x, criterion="residual") == [1, 2, 0]
+    # Shrinking the leaf c makes its Hessian entry vary most: SCORE puts c first, the residual
+    # criterion is unaffected.
+    shrunk = x * np.array([0.05, 1.0, 1.0])
+    assert score_order(shrunk)[0] == 0
+    assert score_order(shrunk, criterion="residual") == [1, 2, 0]
+    with pytest.raises(InputError, match="criterion"):
+        score_order(x, criterion="variance")
+
+
 def test_standardize_option_and_causallearn_pruning():
     rng = np.random.default_rng(1)
     a = rng.normal(size=300)

@@ -161,3 +161,63 @@ def test_bad_input():
         stein_hessian_diag(torch.randn(20, 2), eta=0.0)
     with pytest.raises(InputError, match="coincide"):
         stein_hessian_diag(torch.ones(20, 2))
+
+
+def numpy_residual_leafness(x: np.ndarray, eta: float, n_basis: int, ridge: float) -> np.ndarray:
+    """The criterion from its definition: explicit leave-one-out refits, one prefix and column at a time."""
+    n, d = x.shape
+    xs = (x - x.mean(0)) / x.std(0)
+    centres = np.linspace(-2, 2, n_basis)
+    width = 4 / (n_basis - 1)
+    out = np.full((d - 1, d), np.nan)
+    for k in range(2, d + 1):
+        score = stein_score(torch.as_tensor(xs[:, :k]), eta).numpy()
+        for j in range(k):
+            rest = [c for c in range(k) if c != j]
+            bumps = np.exp(-((xs[:, rest, None] - centres) ** 2) / (2 * width**2)).reshape(n, -1)
+            design = np.hstack([np.ones((n, 1)), bumps])
+            resid = np.empty(n)
+            for i in range(n):  # refit without sample i, predict it
+                keep = np.arange(n) != i
+                a, b = design[keep], xs[keep, j]
+                gram = a.T @ a + ridge * n * np.eye(design.shape[1])  # the full sample's penalty
+                resid[i] = xs[i, j] - design[i] @ np.linalg.solve(gram, a.T @ b)
+            out[k - 2, j] = 1 - np.corrcoef(score[:, j], resid)[0, 1] ** 2
+    return out
+
+
+def test_residual_leafness_matches_its_definition():
+    from trustmed.causal.stein import nested_residual_leafness
+
+    x = np.random.default_rng(0).normal(size=(40, 3))
+    x[:, 2] += np.tanh(2 * x[:, 0])
+    got = nested_residual_leafness(torch.as_tensor(x), 1e-3, n_basis=5, ridge=0.05).numpy()
+    expected = numpy_residual_leafness(x, 1e-3, 5, 0.05)
+    np.testing.assert_allclose(got, expected, rtol=0, atol=1e-8)
+    assert np.isnan(got[0, 2]) and np.isfinite(got[1]).all()
+
+
+def test_residual_leafness_is_scale_free_finds_the_leaf_and_has_gradients():
+    from trustmed.causal.stein import nested_residual_leafness
+
+    g = torch.Generator().manual_seed(1)
+    a = torch.randn(300, generator=g, dtype=torch.float64)
+    b = torch.sin(2 * a) + 0.5 * torch.randn(300, generator=g, dtype=torch.float64)
+    c = torch.tanh(1.5 * b) + 0.3 * a + 0.4 * torch.randn(300, generator=g, dtype=torch.float64)
+    x = torch.stack([a, b, c], 1)  # the chain a -> b -> c, c the leaf
+    crit = nested_residual_leafness(x)
+    assert int(crit[1].argmin()) == 2 and int(crit[0, :2].argmin()) == 1  # nan beyond the prefix
+    rescaled = nested_residual_leafness(x * torch.tensor([3.0, -0.01, 50.0], dtype=torch.float64) + 7)
+    torch.testing.assert_close(rescaled, crit, equal_nan=True, rtol=0, atol=1e-9)
+    # The Hessian-variance criterion is not scale-free: shrinking the leaf hides it.
+    var = nested_hessian_diag(x * torch.tensor([1.0, 1.0, 0.2], dtype=torch.float64)).var(1)
+    assert int(var[1].argmin()) != 2
+
+    small = x[:24].clone().requires_grad_()
+    assert torch.autograd.gradcheck(lambda t: nested_residual_leafness(t, n_basis=4).nan_to_num(), (small,))
+    with pytest.raises(InputError, match="n_dims >= 2"):
+        nested_residual_leafness(torch.randn(20, 1))
+    with pytest.raises(InputError, match="ridge"):
+        nested_residual_leafness(torch.randn(20, 2), ridge=0.0)
+    with pytest.raises(InputError, match="n_basis"):
+        nested_residual_leafness(torch.randn(20, 2), n_basis=1)

@@ -20,8 +20,14 @@ def test_synth_fit_eval(tmp_path):
     assert {"x.npy", "z.npy", "adjacency.csv", "meta.json"} <= {p.name for p in data.iterdir()}
     run = tmp_path / "run"
     res = runner.invoke(app, ["causal", "fit", "--out", str(run), "--set", f"data.path={data}",
-                              "--set", "model.latent_dim=3", *FAST])  # fmt: skip
+                              "--set", "model.latent_dim=3", "--set", "train.criterion=residual",
+                              *FAST])  # fmt: skip
     assert res.exit_code == 0, res.output
+    history = (run / "history.csv").read_text().splitlines()
+    assert (
+        "val_order" in history[0]
+        and json.loads((run / "model.json").read_text())["config"]["train"]["criterion"] == "residual"
+    )
     metrics = json.loads((run / "metrics.json").read_text())
     assert 0 <= metrics["mcc_pearson"] <= 1 and metrics["split"] == "val"
     assert np.load(run / "latents.npy").shape == (200, 3)
@@ -74,3 +80,8 @@ def test_bad_input_exits_2_without_output(tmp_path):
     assert res.exit_code == 2 and "model" in res.output
     res = runner.invoke(app, ["causal", "fit", "--out", str(tmp_path / "r4"), "--set", "train.alpah=1"])
     assert res.exit_code == 2 and "did you mean 'train.alpha'" in res.output
+    res = runner.invoke(
+        app, ["causal", "fit", "--out", str(tmp_path / "r5"), "--set", "train.criterion=leaf"]
+    )
+    assert res.exit_code == 2 and "criterion" in res.output
+    assert not (tmp_path / "r5").exists()

@@ -16,7 +16,13 @@ from trustmed.causal.covae import (
     reconstruct,
 )
 from trustmed.causal.ordering import full_dag_from_order, prune_order, score_order
-from trustmed.causal.stein import median_bandwidth, nested_hessian_diag, stein_hessian_diag, stein_score
+from trustmed.causal.stein import (
+    median_bandwidth,
+    nested_hessian_diag,
+    nested_residual_leafness,
+    stein_hessian_diag,
+    stein_score,
+)
 
 __all__ = [
     "AlphaSchedule",
@@ -27,6 +33,7 @@ __all__ = [
     "full_dag_from_order",
     "median_bandwidth",
     "nested_hessian_diag",
+    "nested_residual_leafness",
     "ordering_loss",
     "permute_latents",
     "prune_order",

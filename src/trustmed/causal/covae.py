@@ -13,7 +13,10 @@ the causal order (``z_1`` root ... ``z_d`` last) and the ordering loss asks, for
 with the Hessian diagonal from the Stein estimator (:func:`trustmed.causal.stein.nested_hessian_diag`).
 With ``scale_aware=True`` the variance is divided by the squared batch mean of ``H_jj``, which makes
 ``v`` invariant to rescaling a latent (the plain variance shrinks as ``1/c^4`` when ``z_j`` grows by
-``c``, a direction the encoder can exploit). The total loss is ``-ELBO + alpha * L_order``;
+``c``, a direction the encoder can exploit). With ``criterion="residual"`` ``v`` is instead the
+scale-free ``1 - corr(score_j, residual_j)^2`` of
+:func:`trustmed.causal.stein.nested_residual_leafness` (a leaf's score is linear in its regression
+residual; NoGAM, Montagna et al., arXiv 2304.03265). The total loss is ``-ELBO + alpha * L_order``;
 ``alpha = 0`` is the plain VAE and ``beta > 1`` the beta-VAE.
 
 The decoder is piecewise affine (LeakyReLU MLP, or LeakyReLU convolutions for images). The prior is
@@ -40,7 +43,12 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from trustmed.causal.stein import MIN_SAMPLES, nested_hessian_diag
+from trustmed.causal.stein import (
+    MIN_SAMPLES,
+    check_leaf_criterion,
+    nested_hessian_diag,
+    nested_residual_leafness,
+)
 from trustmed.errors import InputError
 
 log = logging.getLogger(__name__)
@@ -57,8 +65,27 @@ __all__ = [
 ]
 
 
-def ordering_loss(z: Tensor, *, tau: float = 1.0, eta: float = 1e-3, scale_aware: bool = False) -> Tensor:
+def _check_criterion(criterion: str, scale_aware: bool) -> None:
+    check_leaf_criterion(criterion)
+    if criterion == "residual" and scale_aware:
+        raise InputError("scale_aware: only for criterion='hessian' (the residual criterion is scale-free)")
+
+
+def ordering_loss(
+    z: Tensor,
+    *,
+    tau: float = 1.0,
+    eta: float = 1e-3,
+    scale_aware: bool = False,
+    criterion: str = "hessian",
+) -> Tensor:
     """The causal-ordering loss on a batch of latents ``z`` (n, d); the latent index is the order.
+
+    ``criterion="hessian"`` (the default) measures how leaf-like ``z_j`` is by ``Var[H_jj]``
+    (divided by ``mean(H_jj)^2`` with ``scale_aware=True``); ``criterion="residual"`` by the
+    scale-free ``1 - corr(score_j, residual_j)^2`` of
+    :func:`trustmed.causal.stein.nested_residual_leafness` (values in [0, 1], so a smaller ``tau``
+    such as 0.1 suits it).
 
     Examples
     --------
@@ -72,10 +99,14 @@ def ordering_loss(z: Tensor, *, tau: float = 1.0, eta: float = 1e-3, scale_aware
     """
     if z.ndim != 2 or z.shape[1] < 2:
         raise InputError(f"z: the ordering loss needs shape (n, d) with d >= 2, got {tuple(z.shape)}")
-    hess = nested_hessian_diag(z, eta, min_prefix=2)  # (d-1, n, d)
-    var = hess.var(dim=1)
-    if scale_aware:
-        var = var / hess.mean(dim=1).pow(2).clamp_min(1e-12)
+    _check_criterion(criterion, scale_aware)
+    if criterion == "residual":
+        var = nested_residual_leafness(z, eta)  # (d-1, d), nan beyond each prefix
+    else:
+        hess = nested_hessian_diag(z, eta, min_prefix=2)  # (d-1, n, d)
+        var = hess.var(dim=1)
+        if scale_aware:
+            var = var / hess.mean(dim=1).pow(2).clamp_min(1e-12)
     d = z.shape[1]
     ks = torch.arange(2, d + 1, device=z.device)
     inside = torch.arange(d, device=z.device)[None, :] < ks[:, None]
@@ -224,6 +255,7 @@ class CoVAE(nn.Module):
         tau: float = 1.0,
         eta: float = 1e-3,
         scale_aware: bool = False,
+        criterion: str = "hessian",
     ) -> dict[str, Tensor]:
         """Per-sample mean ``recon`` (Gaussian NLL), ``kl``, the batch ``order`` loss and ``loss``.
 
@@ -240,7 +272,7 @@ class CoVAE(nn.Module):
         loss = recon + beta * kl
         order = torch.zeros((), device=x.device, dtype=x.dtype)
         if alpha > 0 and self.latent_dim >= 2:
-            order = ordering_loss(z, tau=tau, eta=eta, scale_aware=scale_aware)
+            order = ordering_loss(z, tau=tau, eta=eta, scale_aware=scale_aware, criterion=criterion)
             loss = loss + alpha * order
         return {"loss": loss, "recon": recon, "kl": kl, "order": order}
 
@@ -349,11 +381,11 @@ def reconstruct(model: CoVAE, x, *, batch_size: int = 512) -> np.ndarray:
     return torch.cat(chunks).numpy()
 
 
-def _reorder_by_score(model: CoVAE, data: Tensor, optimizer, eta: float) -> list[int]:
+def _reorder_by_score(model: CoVAE, data: Tensor, optimizer, eta: float, criterion: str) -> list[int]:
     from trustmed.causal.ordering import score_order
 
     was_training = model.training
-    order = score_order(encode(model, data[:1024]), eta=eta)  # posterior means
+    order = score_order(encode(model, data[:1024]), eta=eta, criterion=criterion)  # posterior means
     model.train(was_training)  # encode() leaves the model in eval mode
     permute_latents(model, order, optimizer)
     log.info("latent units reordered after warm-up into SCORE's order %s", order)
@@ -373,6 +405,7 @@ def fit_covae(
     tau: float = 1.0,
     eta: float = 1e-3,
     scale_aware: bool = False,
+    criterion: str = "hessian",
     warmup_epochs: int = 0,
     ramp_epochs: int = 0,
     reorder: bool = False,
@@ -388,8 +421,9 @@ def fit_covae(
     epoch's weights are kept: no test data choose anything.
 
     ``reorder=True`` (needs ``warmup_epochs > 0``) renumbers the latent units once, at the first step
-    after warm-up, into SCORE's order (:func:`trustmed.causal.score_order`) of the posterior means of
-    up to 1024 training samples (:func:`permute_latents`); the order is logged.
+    after warm-up, into SCORE's order (:func:`trustmed.causal.score_order`, with the loss's
+    ``criterion``) of the posterior means of up to 1024 training samples (:func:`permute_latents`);
+    the order is logged.
     """
     from torch.utils.data import DataLoader, TensorDataset
 
@@ -402,6 +436,7 @@ def fit_covae(
         )
     if len(data) < batch_size:
         raise InputError(f"x_train: {len(data)} samples, fewer than one batch of {batch_size}")
+    _check_criterion(criterion, scale_aware)
     if reorder and (warmup_epochs <= 0 or model.latent_dim < 2):
         raise InputError("reorder: needs warmup_epochs > 0 (units are ordered after warm-up) and 2+ latents")
     steps_per_epoch = len(data) // batch_size
@@ -415,13 +450,13 @@ def fit_covae(
     )
 
     optimizer = torch.optim.Adam(model.parameters(), lr=lr)
+    loss_kwargs = dict(beta=beta, tau=tau, eta=eta, scale_aware=scale_aware, criterion=criterion)
+    order_kwargs = dict(tau=tau, eta=eta, scale_aware=scale_aware, criterion=criterion)
 
     def loss_fn(m, batch):
         if reorder and schedule.steps == schedule.warmup_steps:
-            _reorder_by_score(model, data, optimizer, eta)
-        return m(batch[0], alpha=schedule.step(), beta=beta, tau=tau, eta=eta, scale_aware=scale_aware)[
-            "loss"
-        ]
+            _reorder_by_score(model, data, optimizer, eta, criterion)
+        return m(batch[0], alpha=schedule.step(), **loss_kwargs)["loss"]
 
     val = _as_tensor(x_val, "x_val") if x_val is not None else None
 
@@ -436,7 +471,7 @@ def fit_covae(
             row.update({"val_recon": float(terms["recon"]), "val_kl": float(terms["kl"])})
             if m.latent_dim >= 2 and len(sub) >= MIN_SAMPLES:
                 mu = m.encode(sub[:256])[0].double()
-                row["val_order"] = float(ordering_loss(mu, tau=tau, eta=eta, scale_aware=scale_aware))
+                row["val_order"] = float(ordering_loss(mu, **order_kwargs))
         return row
 
     torch.manual_seed(seed)

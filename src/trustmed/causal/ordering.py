@@ -24,7 +24,7 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from trustmed.causal.stein import stein_hessian_diag
+from trustmed.causal.stein import check_leaf_criterion, nested_residual_leafness, stein_hessian_diag
 from trustmed.errors import InputError
 
 __all__ = ["score_order", "prune_order", "full_dag_from_order"]
@@ -41,17 +41,23 @@ def _as_matrix(x, name: str = "X") -> np.ndarray:
     return arr.astype(np.float64)
 
 
-def score_order(x, *, eta: float = 1e-3, standardize: bool = False, dtype=torch.float64) -> list[int]:
+def score_order(
+    x, *, eta: float = 1e-3, standardize: bool = False, criterion: str = "hessian", dtype=torch.float64
+) -> list[int]:
     """SCORE's topological order of the columns of ``x``, root first.
 
     Parameters
     ----------
     x : array or Tensor, shape ``(n, d)``
     eta : float
-        Ridge of the Stein Hessian estimator.
+        Ridge of the Stein estimator.
     standardize : bool
-        Divide each column by its standard deviation first. The leaf criterion depends on the scale
+        Divide each column by its standard deviation first. The Hessian criterion depends on the scale
         of each variable, so this can reverse edges; off by default.
+    criterion : ``"hessian"`` or ``"residual"``
+        The leaf is the column with the least variance of its Stein Hessian entry (SCORE), or with the
+        least ``1 - corr(score, residual)^2`` (:func:`trustmed.causal.stein.nested_residual_leafness`),
+        which does not depend on the columns' scales.
     dtype : torch dtype used for the estimator.
 
     Returns
@@ -67,6 +73,7 @@ def score_order(x, *, eta: float = 1e-3, standardize: bool = False, dtype=torch.
     >>> score_order(np.stack([b, a], axis=1))
     [1, 0]
     """
+    check_leaf_criterion(criterion)
     arr = _as_matrix(x)
     if standardize:
         scale = arr.std(axis=0)
@@ -77,8 +84,12 @@ def score_order(x, *, eta: float = 1e-3, standardize: bool = False, dtype=torch.
     remaining = list(range(arr.shape[1]))
     reverse_order: list[int] = []
     while len(remaining) > 1:
-        hess = stein_hessian_diag(data[:, remaining], eta)
-        leaf = int(torch.argmin(hess.var(dim=0)))
+        sub = data[:, remaining]
+        if criterion == "residual":
+            crit = nested_residual_leafness(sub, eta, min_prefix=len(remaining))[0]
+        else:
+            crit = stein_hessian_diag(sub, eta).var(dim=0)
+        leaf = int(torch.argmin(crit))
         reverse_order.append(remaining.pop(leaf))
     reverse_order.append(remaining[0])
     return reverse_order[::-1]

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
+from typing import Literal
 
 import numpy as np
 import typer
@@ -60,6 +61,7 @@ class CausalTrainConfig(Config):
     tau: float = 1.0
     eta: float = 1e-3
     scale_aware: bool = False
+    criterion: Literal["hessian", "residual"] = "hessian"
     warmup_epochs: int = 5
     ramp_epochs: int = 5
     reorder: bool = False
@@ -205,6 +207,7 @@ def fit_cmd(
         tau=t.tau,
         eta=t.eta,
         scale_aware=t.scale_aware,
+        criterion=t.criterion,
         warmup_epochs=t.warmup_epochs,
         ramp_epochs=t.ramp_epochs,
         reorder=t.reorder,
