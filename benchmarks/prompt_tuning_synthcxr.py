@@ -1,11 +1,12 @@
 """Anatomy-grounded prompt tuning vs zero-shot LDM grounding, in and out of distribution (SynthCXR).
 
 Same shipped tiny LDM, same zero-shot pipeline and metrics as ``grounding_synthcxr.py``; methods:
-zero-shot; prompt tuning (context vectors); prompt tuning + LoRA on the cross-attention k/v; a
-contrastive image–text baseline (global + local losses) trained on the same sentences; a uniform
-map. Training uses the images, the sentences and the anatomy masks of a SynthCXR training split —
-never a box. Evaluation: the SynthCXR test split (in distribution) and the VinDr-format
-out-of-distribution variant (other contrast, noise, field of view and sentence templates).
+zero-shot; prompt tuning (context vectors); the same with output offsets (``OUTPUT_RECIPE``); prompt
+tuning + LoRA on the cross-attention k/v; a contrastive image–text baseline (global + local losses)
+trained on the same sentences; a uniform map. Training uses the images, the sentences and the anatomy
+masks of a SynthCXR training split — never a box. Evaluation: the SynthCXR test split (in
+distribution) and the VinDr-format out-of-distribution variant (other contrast, noise, field of view
+and sentence templates).
 
 Usage: ``python benchmarks/prompt_tuning_synthcxr.py --out runs/bench_prompt [--quick] [--seed 0]``.
 Writes ``results.json`` and ends with one ``TARGET`` line per target.
@@ -30,7 +31,13 @@ from trustmed.data.synth.cxr import flip_laterality, make_synthcxr, make_synthcx
 from trustmed.data.vindr import load_vindr  # noqa: E402
 from trustmed.grounding.contrastive import ContrastiveConfig, ContrastiveGrounder, train_contrastive  # noqa: E402
 from trustmed.grounding.ldm import load_ldm, tiny_ldm_path  # noqa: E402
-from trustmed.grounding.prompt_tuning import LORA_RECIPE, PromptTuningConfig, build_examples, train_prompt  # noqa: E402
+from trustmed.grounding.prompt_tuning import (  # noqa: E402
+    LORA_RECIPE,
+    OUTPUT_RECIPE,
+    PromptTuningConfig,
+    build_examples,
+    train_prompt,
+)
 from trustmed.grounding.zero_shot import GroundingConfig, ZeroShotGrounder, ground_table, score_table  # noqa: E402
 from trustmed.io import write_json  # noqa: E402
 from trustmed.metrics.grounding import laterality_correct, laterality_pairs, miou, sentence_side, summarize  # noqa: E402
@@ -109,7 +116,8 @@ def main(argv: list[str] | None = None) -> int:
     grounding = GroundingConfig(seed=args.seed, num_steps=steps, batch_size=32, token_set="end_and_padding")
     grounders: dict = {"zero_shot": ZeroShotGrounder(ldm, grounding)}
     training: dict = {}
-    for name, extra in (("prompt_tuned", {}), ("prompt_tuned_lora", LORA_RECIPE)):
+    recipes = {"prompt_tuned": {}, "prompt_tuned_output": OUTPUT_RECIPE, "prompt_tuned_lora": LORA_RECIPE}
+    for name, extra in recipes.items():
         cfg = PromptTuningConfig(seed=args.seed, epochs=epochs, **extra)
         t_cpu = time.process_time()
         prompt, summary = train_prompt(ldm, examples, cfg)
@@ -187,7 +195,7 @@ def main(argv: list[str] | None = None) -> int:
             m[name]["overall"]["miou"]["value"] / max(m["zero_shot"]["overall"]["miou"]["value"], 1e-12) - 1
         )
 
-    for name in ("prompt_tuned_lora", "contrastive"):
+    for name in ("prompt_tuned_output", "prompt_tuned_lora", "contrastive"):
         print(
             f"REPORT {name}: mIoU gain ID {gain('in_distribution', name):+.3f}, "
             f"OOD {gain('out_of_distribution', name):+.3f}, "

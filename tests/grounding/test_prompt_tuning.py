@@ -172,6 +172,36 @@ def test_deep_prompts_write_every_layers_slots(tiny, tiny_examples, ldm, tmp_pat
     assert not torch.allclose(trained.deep_ctx.detach(), init.deep_ctx.detach())
 
 
+def test_output_prompts_offset_only_the_slots_outputs(tiny, tiny_examples, tmp_path):
+    dim = int(tiny.text_encoder.get_input_embeddings().weight.shape[1])
+    prompt = TunedPrompt(3, dim, depth=2, output=True, seed=1)
+    plain = TunedPrompt(3, dim, depth=2, seed=1)
+    ids, mask, _ = prompt.tokenize(tiny.tokenizer, ["small right pneumothorax", "cardiomegaly"])
+    torch.testing.assert_close(
+        prompt.encode_ids(tiny, ids, mask), plain.encode_ids(tiny, ids, mask)
+    )  # zero start
+    offsets = torch.randn(3, dim, generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        prompt.out_ctx.copy_(offsets)
+    out, base = prompt.encode_ids(tiny, ids, mask), plain.encode_ids(tiny, ids, mask)
+    torch.testing.assert_close(out[:, 1:4] - base[:, 1:4], offsets.expand(2, -1, -1))
+    torch.testing.assert_close(out[:, [0, *range(4, out.shape[1])]], base[:, [0, *range(4, out.shape[1])]])
+    # not bound by the final layer norm: the slots can leave the sphere every other token sits on
+    norms = out.norm(dim=-1)
+    assert norms[:, 1:4].max() > 1.5 * norms[:, 4:].max()
+    prompt.save(tmp_path / "out")
+    again = TunedPrompt.load(tmp_path / "out")
+    assert again.output and torch.equal(again.encode_ids(tiny, ids, mask), out)
+    assert not TunedPrompt.load(tmp_path / "out").lora_state
+    # trained: the offsets move, and the frozen model does not
+    before = _state(tiny.unet)
+    cfg = PromptTuningConfig(**{**FAST, "epochs": 1, "n_ctx": 2, "output_ctx": True})
+    trained, summary = train_prompt(tiny, tiny_examples, cfg)
+    assert trained.output and trained.out_ctx.detach().abs().amax() > 0
+    assert summary["trainable_parameters"] == 3 * 2 * dim  # input, deep and output vectors
+    assert all(torch.equal(v, tiny.unet.state_dict()[k]) for k, v in before.items())
+
+
 def test_token_noise_inserts_one_word_and_keeps_the_rest(tiny):
     tok = tiny.tokenizer
     phrases = ["right upper zone consolidation", "the heart is enlarged", "small left pneumothorax"]

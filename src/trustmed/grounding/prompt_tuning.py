@@ -48,6 +48,7 @@ from trustmed.grounding.ldm import LDM
 __all__ = [
     "PromptTuningConfig",
     "LORA_RECIPE",
+    "OUTPUT_RECIPE",
     "TunedPrompt",
     "PromptExamples",
     "build_examples",
@@ -72,6 +73,10 @@ class PromptTuningConfig(Config):
         1 is CoOp (input embeddings only); more is deep prompt tuning (VPT-deep, Jia et al.,
         ECCV 2022; P-Tuning v2, Liu et al., ACL 2022): each layer's slots are overwritten by that
         layer's own vectors.
+    output_ctx : also learn an offset for each context slot's text-encoder *output*, added after the
+        final layer norm: what every cross-attention layer's key/value projection reads for that slot
+        (prefix tuning, Li & Liang, ACL 2021, learns such per-layer prefixes). The text encoder's
+        final layer norm fixes the length of every token it outputs; these offsets are not bound by it.
     ctx_position : ``front`` (after the start token, CoOp) or ``end`` (after the end token; with
         ``token_set: end_and_padding`` they are read by the grounder too).
     ctx_init_std : standard deviation of their random initialisation.
@@ -99,6 +104,7 @@ class PromptTuningConfig(Config):
     seed: int = 0
     n_ctx: int = 8
     depth: int | Literal["all"] = "all"
+    output_ctx: bool = False
     ctx_position: Literal["front", "end"] = "front"
     ctx_init_std: float = 0.02
     align_weight: float = 1.0
@@ -123,7 +129,19 @@ class PromptTuningConfig(Config):
 
 #: settings the LoRA option was measured with (``benchmarks/prompt_tuning_synthcxr.py``): the soft-IoU
 #: loss, which reads the map as the grounder does, 4 context vectors at the input only, token noise
-LORA_RECIPE = {"lora": True, "align_loss": "soft_iou", "depth": 1, "n_ctx": 4, "lr": 1e-2, "token_noise": 0.5}
+#: settings the output offsets were measured with: the soft-IoU loss, otherwise the defaults. They
+#: sharpen the maps (mIoU) but the maps then read "left"/"right" no better than zero-shot (docs)
+OUTPUT_RECIPE = {"output_ctx": True, "align_loss": "soft_iou"}
+
+LORA_RECIPE = {
+    "lora": True,
+    "align_loss": "soft_iou",
+    "depth": 1,
+    "n_ctx": 4,
+    "output_ctx": False,
+    "lr": 1e-2,
+    "token_noise": 0.5,
+}
 
 
 def ldm_fingerprint(ldm: LDM) -> str:
@@ -198,6 +216,7 @@ class TunedPrompt(nn.Module):
         dim: int,
         *,
         depth: int = 1,
+        output: bool = False,
         meta: dict | None = None,
         init_std: float = 0.02,
         seed: int = 0,
@@ -213,6 +232,9 @@ class TunedPrompt(nn.Module):
         self.deep_ctx = (
             nn.Parameter(torch.randn(depth - 1, n_ctx, dim, generator=gen) * init_std) if depth > 1 else None
         )
+        # output prompts: offsets added to the slots' text-encoder *output*, after its final layer norm;
+        # zero at the start, so training begins from the input/deep prompt alone
+        self.out_ctx = nn.Parameter(torch.zeros(n_ctx, dim)) if output else None
         self.meta = dict(meta or {})
         self.lora_state: dict[str, torch.Tensor] = {}
 
@@ -227,6 +249,11 @@ class TunedPrompt(nn.Module):
     def depth(self) -> int:
         """Number of text-encoder layers whose input carries context vectors (1: CoOp)."""
         return 1 if self.deep_ctx is None else 1 + int(self.deep_ctx.shape[0])
+
+    @property
+    def output(self) -> bool:
+        """Whether the slots' text-encoder outputs carry learned offsets (``output_ctx``)."""
+        return self.out_ctx is not None
 
     @property
     def token_set(self) -> str:
@@ -301,7 +328,10 @@ class TunedPrompt(nn.Module):
         return torch.arange(len(ids))[:, None].expand_as(positions), positions
 
     def encode_ids(self, ldm: LDM, ids: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
-        """Text-encoder output with the context vectors written into the input-embedding slots."""
+        """Text-encoder output with the context vectors written into the input-embedding slots.
+
+        With output prompts the slots' outputs then get their learned offsets ``out_ctx`` added.
+        """
         embedding = ldm.text_encoder.get_input_embeddings()
         rows, positions = self._slots(ids, ldm.tokenizer.eos_token_id)
 
@@ -321,10 +351,15 @@ class TunedPrompt(nn.Module):
 
             handles.append(layer.register_forward_pre_hook(overwrite, with_kwargs=True))
         try:
-            return ldm.encode_text(ids, mask if ldm.text_attention_mask else None)
+            out = ldm.encode_text(ids, mask if ldm.text_attention_mask else None)
         finally:
             for handle in handles:
                 handle.remove()
+        if self.out_ctx is None:
+            return out
+        offsets = torch.zeros_like(out)
+        offsets[rows, positions] = self.out_ctx.to(out.dtype).unsqueeze(0).expand(len(ids), -1, -1)
+        return out + offsets
 
     def encode(
         self,
@@ -383,6 +418,8 @@ class TunedPrompt(nn.Module):
         tensors = {"ctx": self.ctx.detach().float().contiguous()}
         if self.deep_ctx is not None:
             tensors["deep_ctx"] = self.deep_ctx.detach().float().contiguous()
+        if self.out_ctx is not None:
+            tensors["out_ctx"] = self.out_ctx.detach().float().contiguous()
         tensors.update({f"lora.{k}": v.detach().float().contiguous() for k, v in self.lora_state.items()})
         save_file(tensors, folder / "prompt.safetensors")
         meta = {
@@ -432,13 +469,18 @@ class TunedPrompt(nn.Module):
                 f"{weights}: deep context vectors {None if deep is None else tuple(deep.shape)} "
                 f"do not match depth={depth}"
             )
+        out = tensors.get("out_ctx")
+        if out is not None and out.shape != ctx.shape:
+            raise InputError(f"{weights}: out_ctx {tuple(out.shape)} does not match ctx {tuple(ctx.shape)}")
         for key in ("format", "version", "n_ctx", "depth"):
             meta.pop(key, None)
-        prompt = cls(ctx.shape[0], ctx.shape[1], depth=depth, meta=meta)
+        prompt = cls(ctx.shape[0], ctx.shape[1], depth=depth, output=out is not None, meta=meta)
         with torch.no_grad():
             prompt.ctx.copy_(ctx)
             if deep is not None:
                 prompt.deep_ctx.copy_(deep)
+            if out is not None:
+                prompt.out_ctx.copy_(out)
         prompt.lora_state = {k[5:]: v for k, v in tensors.items() if k.startswith("lora.")}
         return prompt
 
@@ -710,7 +752,15 @@ def train_prompt(
         },
         "counts": examples.counts,
     }
-    prompt = TunedPrompt(cfg.n_ctx, dim, depth=cfg.depth, meta=meta, init_std=cfg.ctx_init_std, seed=cfg.seed)
+    prompt = TunedPrompt(
+        cfg.n_ctx,
+        dim,
+        depth=cfg.depth,
+        output=cfg.output_ctx,
+        meta=meta,
+        init_std=cfg.ctx_init_std,
+        seed=cfg.seed,
+    )
     ids, mask, weights = prompt.tokenize(
         ldm.tokenizer, examples.sentences, truncate=False, token_set=cfg.token_set
     )
