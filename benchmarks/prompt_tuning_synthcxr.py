@@ -1,12 +1,12 @@
 """Anatomy-grounded prompt tuning vs zero-shot LDM grounding, in and out of distribution (SynthCXR).
 
 Same shipped tiny LDM, same zero-shot pipeline and metrics as ``grounding_synthcxr.py``; methods:
-zero-shot; prompt tuning (context vectors); the same with output offsets (``OUTPUT_RECIPE``); prompt
-tuning + LoRA on the cross-attention k/v; a contrastive image–text baseline (global + local losses)
-trained on the same sentences; a uniform map. Training uses the images, the sentences and the anatomy
-masks of a SynthCXR training split — never a box. Evaluation: the SynthCXR test split (in
-distribution) and the VinDr-format out-of-distribution variant (other contrast, noise, field of view
-and sentence templates).
+zero-shot; prompt tuning (the defaults: context vectors with output offsets); the earlier default
+without output offsets (``INPUT_RECIPE``); prompt tuning + LoRA on the cross-attention k/v; a
+contrastive image–text baseline (global + local losses) trained on the same sentences; a uniform map.
+Training uses the images, the sentences and the anatomy masks of a SynthCXR training split — never a
+box. Evaluation: the SynthCXR test split (in distribution) and the VinDr-format out-of-distribution
+variant (other contrast, noise, field of view and sentence templates).
 
 Usage: ``python benchmarks/prompt_tuning_synthcxr.py --out runs/bench_prompt [--quick] [--seed 0]``.
 Writes ``results.json`` and ends with one ``TARGET`` line per target.
@@ -32,8 +32,8 @@ from trustmed.data.vindr import load_vindr  # noqa: E402
 from trustmed.grounding.contrastive import ContrastiveConfig, ContrastiveGrounder, train_contrastive  # noqa: E402
 from trustmed.grounding.ldm import load_ldm, tiny_ldm_path  # noqa: E402
 from trustmed.grounding.prompt_tuning import (  # noqa: E402
+    INPUT_RECIPE,
     LORA_RECIPE,
-    OUTPUT_RECIPE,
     PromptTuningConfig,
     build_examples,
     train_prompt,
@@ -82,14 +82,19 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--quick", action="store_true")
     parser.add_argument("--model", type=Path, default=tiny_ldm_path())
     parser.add_argument("--steps", type=int, default=None, help="DDIM inversion steps (default 50, quick 10)")
-    parser.add_argument("--epochs", type=int, default=None, help="prompt-tuning epochs (default 12, quick 3)")
+    parser.add_argument(
+        "--epochs",
+        type=int,
+        default=None,
+        help="prompt-tuning epochs of every recipe (default its own; quick 3)",
+    )
     parser.add_argument("--n-boot", type=int, default=1000)
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     torch.set_num_threads(1)
     quick = args.quick
     steps = args.steps or (10 if quick else 50)
-    epochs = args.epochs or (3 if quick else 12)
+    epochs = args.epochs or (3 if quick else None)
     n_flip = 40 if quick else 150
 
     # data: a training split for tuning (sentences + anatomy only), an ID test split, an OOD split
@@ -116,9 +121,9 @@ def main(argv: list[str] | None = None) -> int:
     grounding = GroundingConfig(seed=args.seed, num_steps=steps, batch_size=32, token_set="end_and_padding")
     grounders: dict = {"zero_shot": ZeroShotGrounder(ldm, grounding)}
     training: dict = {}
-    recipes = {"prompt_tuned": {}, "prompt_tuned_output": OUTPUT_RECIPE, "prompt_tuned_lora": LORA_RECIPE}
+    recipes = {"prompt_tuned": {}, "prompt_tuned_input": INPUT_RECIPE, "prompt_tuned_lora": LORA_RECIPE}
     for name, extra in recipes.items():
-        cfg = PromptTuningConfig(seed=args.seed, epochs=epochs, **extra)
+        cfg = PromptTuningConfig(seed=args.seed, **{**extra, **({"epochs": epochs} if epochs else {})})
         t_cpu = time.process_time()
         prompt, summary = train_prompt(ldm, examples, cfg)
         training[name] = {
@@ -195,7 +200,7 @@ def main(argv: list[str] | None = None) -> int:
             m[name]["overall"]["miou"]["value"] / max(m["zero_shot"]["overall"]["miou"]["value"], 1e-12) - 1
         )
 
-    for name in ("prompt_tuned_output", "prompt_tuned_lora", "contrastive"):
+    for name in ("prompt_tuned_input", "prompt_tuned_lora", "contrastive"):
         print(
             f"REPORT {name}: mIoU gain ID {gain('in_distribution', name):+.3f}, "
             f"OOD {gain('out_of_distribution', name):+.3f}, "

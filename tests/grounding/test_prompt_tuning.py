@@ -166,7 +166,7 @@ def test_deep_prompts_write_every_layers_slots(tiny, tiny_examples, ldm, tmp_pat
         TunedPrompt.load(tmp_path / "deep")
     # trained with depth "all" on the two-layer tiny LDM: both layers' vectors are learned
     init = TunedPrompt(2, dim, depth=2, seed=0)
-    cfg = PromptTuningConfig(**{**FAST, "epochs": 1, "n_ctx": 2})
+    cfg = PromptTuningConfig(**{**FAST, "epochs": 1, "n_ctx": 2, "output_ctx": False})
     trained, summary = train_prompt(tiny, tiny_examples, cfg)
     assert trained.depth == 2 and summary["trainable_parameters"] == 2 * 2 * dim
     assert not torch.allclose(trained.deep_ctx.detach(), init.deep_ctx.detach())
@@ -252,7 +252,9 @@ def test_training_moves_only_the_context_vectors(ldm, examples):
         after = getattr(ldm, part).state_dict()
         assert all(torch.equal(state[k], after[k]) for k in state), part
     assert not torch.allclose(prompt.ctx.detach(), init)
-    assert summary["trainable_parameters"] == 4 * 16  # depth "all" = the text encoder's one layer
+    assert prompt.out_ctx.detach().abs().amax() > 0  # the output offsets (on by default) move too
+    # depth "all" = the text encoder's one layer: input vectors and output offsets
+    assert summary["trainable_parameters"] == 2 * 4 * 16
     assert prompt.depth == 1
     with pytest.raises(InputError, match="only 1 layers"):
         train_prompt(ldm, examples, PromptTuningConfig(**FAST, depth=2))

@@ -1,9 +1,9 @@
 """The phrase-grounding section of ``trustmed demo``: the shipped tiny LDM on fresh SynthCXR phantoms.
 
 Zero-shot grounding (Vilouras et al., arXiv 2404.12920) of report sentences in synthetic chest
-X-rays, then anatomy-grounded prompt tuning (after arXiv 2506.10633; context vectors, and context
-vectors + LoRA) learned from sentences and anatomy masks only, compared with a uniform map and the
-class-location prior, in a few CPU minutes.
+X-rays, then anatomy-grounded prompt tuning (after arXiv 2506.10633; context vectors with and
+without output offsets, and with LoRA) learned from sentences and anatomy masks only, compared with
+a uniform map and the class-location prior, in a few CPU minutes.
 """
 
 from __future__ import annotations
@@ -25,7 +25,13 @@ def demo_section(out_dir: Path, *, seed: int = 0, quick: bool = True) -> Section
     from trustmed.data.synth.cxr import make_synthcxr
     from trustmed.grounding.heatmaps import plot_cases
     from trustmed.grounding.ldm import load_ldm, tiny_ldm_path
-    from trustmed.grounding.prompt_tuning import LORA_RECIPE, PromptTuningConfig, build_examples, train_prompt
+    from trustmed.grounding.prompt_tuning import (
+        INPUT_RECIPE,
+        LORA_RECIPE,
+        PromptTuningConfig,
+        build_examples,
+        train_prompt,
+    )
     from trustmed.grounding.zero_shot import GroundingConfig, ZeroShotGrounder, ground_table, score_table
     from trustmed.io import write_json
     from trustmed.metrics.grounding import laterality_correct, laterality_pairs, summarize
@@ -46,7 +52,12 @@ def demo_section(out_dir: Path, *, seed: int = 0, quick: bool = True) -> Section
     examples = build_examples(ldm, train, data / "anatomy")
     tuned_maps, training = {}, {}
     # the demo has no out-of-distribution split and few sentences: no token noise
-    for name, extra in (("prompt-tuned (context vectors)", {}), ("prompt-tuned + LoRA", LORA_RECIPE)):
+    recipes = {
+        "prompt-tuned (context vectors + output offsets)": {},  # the defaults
+        "prompt-tuned (context vectors, kl)": INPUT_RECIPE,
+        "prompt-tuned + LoRA": LORA_RECIPE,
+    }
+    for name, extra in recipes.items():
         cfg = PromptTuningConfig(seed=seed, **{**extra, "token_noise": 0.0})
         prompt, summary = train_prompt(ldm, examples, cfg)
         tuned_maps[name] = ground_table(ZeroShotGrounder(ldm, grounding, prompt=prompt), test)
@@ -106,7 +117,7 @@ def demo_section(out_dir: Path, *, seed: int = 0, quick: bool = True) -> Section
         f"looking at the image. {len(test)} test pairs, {grounder.timing_['seconds_per_pair']:.2f} s "
         "per pair on CPU.</p>"
         "<p>Prompt tuning keeps the model frozen and learns a few context vectors per text-encoder "
-        "layer (and, in the LoRA "
+        "layer (by default also an offset on each context slot's text-encoder output; in the LoRA "
         "row, small adapters on the cross-attention keys and values) so that the attention of each "
         'training sentence falls inside the anatomy its location words name ("right upper zone" → '
         "that zone's mask). No finding box is used. <em>Laterality</em>: on images with the same "
