@@ -6,8 +6,10 @@ follows is **trustmed's design** (``docs/grounding.md``):
 
 * the LDM — autoencoder, UNet, text encoder — stays frozen. What is learned is ``n_ctx`` continuous
   context vectors placed after the start token in the text encoder's *input* embeddings (CoOp: Zhou
-  et al., "Learning to Prompt for Vision-Language Models", IJCV 2022), and optionally LoRA adapters
-  (Hu et al., arXiv 2106.09685; ``peft``) on the cross-attention key/value projections;
+  et al., "Learning to Prompt for Vision-Language Models", IJCV 2022), their own vectors at every
+  further text-encoder layer (deep prompts), by default a learned offset on each context slot's
+  text-encoder *output* (after the final layer norm, which would otherwise bound it), and optionally
+  LoRA adapters (Hu et al., arXiv 2106.09685; ``peft``) on the cross-attention key/value projections;
 * the only supervision besides the images and their sentences is the anatomy named by each
   sentence's location words (:mod:`trustmed.grounding.anatomy`: "right upper zone" → the right
   upper zone's mask). No pathology box is used;
@@ -127,12 +129,12 @@ class PromptTuningConfig(Config):
     threads: int = 1
 
 
-#: settings the LoRA option was measured with (``benchmarks/prompt_tuning_synthcxr.py``): the soft-IoU
-#: loss, which reads the map as the grounder does, 4 context vectors at the input only, token noise
 #: the earlier default, without output offsets: input and deep context vectors, the ``kl`` loss, 12 epochs
 #: (``benchmarks/prompt_tuning_synthcxr.py`` keeps it as a row: better laterality, much lower mIoU)
 INPUT_RECIPE = {"output_ctx": False, "align_loss": "kl", "epochs": 12}
 
+#: settings the LoRA option was measured with (``benchmarks/prompt_tuning_synthcxr.py``): the soft-IoU
+#: loss, which reads the map as the grounder does, 4 context vectors at the input only, token noise
 LORA_RECIPE = {
     "lora": True,
     "align_loss": "soft_iou",
@@ -233,7 +235,7 @@ class TunedPrompt(nn.Module):
         self.deep_ctx = (
             nn.Parameter(torch.randn(depth - 1, n_ctx, dim, generator=gen) * init_std) if depth > 1 else None
         )
-        # output prompts: offsets added to the slots' text-encoder *output*, after its final layer norm;
+        # output offsets: added to the slots' text-encoder *output*, after its final layer norm;
         # zero at the start, so training begins from the input/deep prompt alone
         self.out_ctx = nn.Parameter(torch.zeros(n_ctx, dim)) if output else None
         self.meta = dict(meta or {})
@@ -331,7 +333,7 @@ class TunedPrompt(nn.Module):
     def encode_ids(self, ldm: LDM, ids: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
         """Text-encoder output with the context vectors written into the input-embedding slots.
 
-        With output prompts the slots' outputs then get their learned offsets ``out_ctx`` added.
+        With output offsets the slots' outputs then get their learned ``out_ctx`` added.
         """
         embedding = ldm.text_encoder.get_input_embeddings()
         rows, positions = self._slots(ids, ldm.tokenizer.eos_token_id)
