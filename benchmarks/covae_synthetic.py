@@ -35,6 +35,7 @@ import torch
 from threadpoolctl import threadpool_limits
 
 from trustmed.causal import CoVAE, encode, fit_covae, ordering_loss, reconstruct
+from trustmed.causal.stein import LEAF_CRITERIA
 from trustmed.data.synth.anm import make_latent_anm
 from trustmed.data.synth.pendulum import make_pendulum
 from trustmed.io import write_json
@@ -182,7 +183,7 @@ def main() -> None:
     parser.add_argument("--methods", default="vae,beta_vae,covae,vae_reorder")
     parser.add_argument("--prior", default="gmm", choices=["normal", "gmm"])
     parser.add_argument("--scale-aware", action="store_true")
-    parser.add_argument("--criterion", choices=("hessian", "residual"), default="hessian")
+    parser.add_argument("--criterion", choices=LEAF_CRITERIA, default="hessian")
     parser.add_argument("--reorder", action="store_true", help="coVAE: SCORE-order the units after warm-up")
     parser.add_argument("--alpha", type=float, default=10.0)
     parser.add_argument("--tau", type=float, default=1.0)

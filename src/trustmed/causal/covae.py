@@ -450,8 +450,8 @@ def fit_covae(
     )
 
     optimizer = torch.optim.Adam(model.parameters(), lr=lr)
-    loss_kwargs = dict(beta=beta, tau=tau, eta=eta, scale_aware=scale_aware, criterion=criterion)
     order_kwargs = dict(tau=tau, eta=eta, scale_aware=scale_aware, criterion=criterion)
+    loss_kwargs = dict(beta=beta, **order_kwargs)
 
     def loss_fn(m, batch):
         if reorder and schedule.steps == schedule.warmup_steps:

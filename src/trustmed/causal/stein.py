@@ -466,9 +466,9 @@ def nested_residual_leafness(
     each expanded in ``n_basis`` Gaussian bumps on [-2, 2] (CAM's additive model, Bühlmann et al.,
     arXiv 1310.1533):
     ``r = (y - Phi beta) / (1 - h)`` with ``h`` the diagonal of the hat matrix and ``ridge * n`` on the
-    diagonal of ``Phi^T Phi``. All ``d(d+1)/2 - 1`` regressions are solved in one batched Cholesky
-    call (a column outside the regression is a zero column, decoupled by the ridge), and the result is
-    differentiable by autograd.
+    diagonal of ``Phi^T Phi``. All regressions (one per column of each prefix) are solved in one
+    batched Cholesky call (a column outside the regression is a zero column, decoupled by the ridge),
+    and the result is differentiable by autograd.
 
     Returns
     -------

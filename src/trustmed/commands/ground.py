@@ -294,7 +294,7 @@ def tune_cmd(
         typer.Option(
             "--lora/--no-lora",
             help="Also train LoRA on attn2 k/v with its recipe (soft-IoU loss, 4 input vectors, lr 0.01, "
-            "token noise 0.5).",
+            "token noise 0.5, 12 epochs).",
         ),
     ] = None,
 ):
