@@ -22,7 +22,7 @@ Criteria (``--criteria``, default ``hessian,residual``): ``hessian`` (tau = 1) a
 leaf's own residual criterion instead of the softmax over its prefix (``loss_of``; not a coVAE option).
 Each criterion draws its own random starts and minibatches from ``(seed, criterion)``, so any subset of
 ``--criteria`` reproduces the same rows. ``--batch-size 512 --starts 6 --steps 60`` asks whether larger
-minibatches help (about 8 minutes per criterion).
+minibatches help (about 4 minutes for ``hessian``, 6 for each residual criterion).
 If the lowest-loss rotations reverse as many edges as a random order, the loss alone cannot identify the
 causal latents up to a linear map, and coVAE's ordering cannot come from it.
 """
