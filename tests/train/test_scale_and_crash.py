@@ -42,9 +42,17 @@ def _free_port():
         return sock.getsockname()[1]
 
 
+# A gloo worker can abort in C++ teardown after its Python code has finished: std::terminate on a
+# thread still joinable, with no Python frame on the stack (seen with PYTHONFAULTHANDLER=1). It hit
+# 5 of 163 two-process runs of the toy script on a 2-core CPU (3 of the 100 that destroyed the process
+# group at exit first). The run's work is complete, so such a run is simply repeated.
+TEARDOWN_ABORT = "terminate called without an active exception"
+
+
 def _run_two_processes(args, attempts=3):
-    """torchrun with 2 gloo processes on a free port; a port taken between the probe and the bind is
-    retried, any other failure shows the workers' stderr."""
+    """torchrun with 2 gloo processes on a free port; a port taken between the probe and the bind, or
+    a worker's abort in teardown (``TEARDOWN_ABORT``), is retried; any other failure shows the
+    workers' stderr."""
     for attempt in range(attempts):
         proc = subprocess.run(
             [
@@ -69,7 +77,7 @@ def _run_two_processes(args, attempts=3):
             return proc
         clash_marks = ("EADDRINUSE", "DistNetworkError", "address already in use")
         port_clash = any(mark in proc.stderr for mark in clash_marks)
-        if not port_clash or attempt == attempts - 1:
+        if not (port_clash or TEARDOWN_ABORT in proc.stderr) or attempt == attempts - 1:
             raise AssertionError(f"torchrun failed (rc {proc.returncode}):\n{proc.stderr[-4000:]}")
     return proc
 
