@@ -42,8 +42,8 @@ def _free_port():
         return sock.getsockname()[1]
 
 
-# A gloo worker can abort in C++ teardown after its Python code has finished: std::terminate on a
-# thread still joinable, with no Python frame on the stack (seen with PYTHONFAULTHANDLER=1). It hit
+# A gloo worker can abort in C++ teardown after its Python code has finished: std::terminate (likely a
+# thread still joinable) with no Python frame on the stack (seen with PYTHONFAULTHANDLER=1). It hit
 # 5 of 163 two-process runs of the toy script on a 2-core CPU (3 of the 100 that destroyed the process
 # group at exit first). The run's work is complete, so such a run is simply repeated.
 TEARDOWN_ABORT = "terminate called without an active exception"
