@@ -12,7 +12,7 @@ from trustmed.demo import SECTION_MODULES
 
 TINY = [
     "sections=[audit]",
-    "n_boot=50",
+    "n_boot=200",
     "attributes=[skin_tone]",
     "synthskin.n_train=160",
     "synthskin.n_val=80",
@@ -38,7 +38,7 @@ def test_demo_foundation_writes_report(tmp_path):
     assert "eodds_mean_gap" in text
     metrics = json.loads((out / "audit" / "skin_tone" / "metrics.json").read_text())
     assert set(metrics["groups"]) == {"dark", "light"}
-    assert metrics["n_boot"] == 50
+    assert metrics["n_boot"] == 200
     assert (out / "train" / "model.safetensors").is_file()
 
 

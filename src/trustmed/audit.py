@@ -31,7 +31,7 @@ import numpy as np
 import pandas as pd
 
 from trustmed.errors import InputError
-from trustmed.io import atomic_write_bytes, atomic_write_text, write_json
+from trustmed.io import atomic_write_bytes, atomic_write_text, read_csv, write_json
 from trustmed.metrics.fairness import GAP_METRICS, choose_threshold, fairness_report
 from trustmed.report import Section, figure_to_html, table_to_html
 from trustmed.report.figures import calibration_png, group_metrics_png, roc_curves_png
@@ -63,18 +63,7 @@ _FIGURES = {
 
 def read_predictions(path: str | os.PathLike, what: str = "predictions") -> pd.DataFrame:
     """Read a predictions CSV, turning missing, empty or unreadable files into :class:`InputError`."""
-    path = Path(path)
-    if not path.is_file():
-        raise InputError(f"{what} file not found: {path}")
-    try:
-        df = pd.read_csv(path)
-    except pd.errors.EmptyDataError:
-        raise InputError(f"{path}: file is empty; expected a CSV with a header row") from None
-    except (pd.errors.ParserError, UnicodeDecodeError) as exc:
-        raise InputError(f"{path}: not a readable CSV ({str(exc).splitlines()[0]})") from None
-    if df.empty:
-        raise InputError(f"{path}: no rows (header only); expected one row per prediction")
-    return df
+    return read_csv(path, what=f"{what} file")
 
 
 @dataclass
@@ -102,11 +91,13 @@ class AuditResult:
         return text
 
     def group_table(self) -> pd.DataFrame:
-        """One row per group plus ``overall``: counts and the key metrics as ``value [lo, hi]``."""
+        """One row per group plus ``overall``: counts and the key metrics as ``value [lo, hi]``; a group
+        below ``min_group_size`` is named ``<group> (small)``."""
         rows = []
         blocks = {**self.metrics["groups"], "overall": self.metrics["overall"]}
         for name, block in blocks.items():
-            row = {"group": name, "n": block["n"], "n_pos": block["n_pos"]}
+            shown = f"{name} (small)" if block.get("small") else name
+            row = {"group": shown, "n": block["n"], "n_pos": block["n_pos"]}
             row.update({key: self.format_entry(block[key]) for key in KEY_METRICS})
             rows.append(row)
         return pd.DataFrame(rows)
@@ -287,6 +278,7 @@ def run_audit(
     title: str = "Fairness audit",
     figures: bool = True,
     source: str = "predictions",
+    min_group_size: int = 30,
 ) -> AuditResult:
     """Audit a predictions table: every fairness metric with bootstrap CIs, figures and a summary.
 
@@ -317,6 +309,9 @@ def run_audit(
         Draw the figures (off: faster, for repeated programmatic use).
     source
         How the predictions are named in error messages (e.g. the CSV path).
+    min_group_size
+        Groups with fewer predictions are flagged as small (``"small": true`` in metrics.json,
+        ``(small)`` in the tables, one warning); their CIs are still computed.
 
     Returns
     -------
@@ -376,7 +371,14 @@ def run_audit(
     patients = predictions[patient_col].to_numpy() if patient_col else None
     try:
         metrics = fairness_report(
-            y, s, groups=groups, threshold=threshold, patient_ids=patients, n_boot=n_boot, seed=seed
+            y,
+            s,
+            groups=groups,
+            threshold=threshold,
+            patient_ids=patients,
+            n_boot=n_boot,
+            seed=seed,
+            min_group_size=min_group_size,
         )
     except InputError as exc:
         raise InputError(f"{source}: {exc}") from None

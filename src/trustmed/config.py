@@ -1,7 +1,8 @@
 """Configs: pydantic models loaded from YAML, with ``--set key.sub=value`` overrides.
 
 Every command's config is a :class:`Config` subclass. Unknown keys are errors that suggest the
-closest valid key; a wrong type names the key and the expected type.
+closest valid key; a wrong type names the key and the expected type; a YAML mapping that repeats a
+key is an error (plain YAML keeps the last value silently).
 
 >>> class Train(Config):
 ...     epochs: int = 3
@@ -19,16 +20,28 @@ trustmed.errors.InputError: unknown config key 'train.epoch' (from --set); did y
 from __future__ import annotations
 
 import difflib
+import hashlib
+import json
 import os
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Annotated, Any, TypeVar
 
 import yaml
-from pydantic import BaseModel, ConfigDict, ValidationError
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationError
 
 from trustmed.errors import InputError
 
-__all__ = ["Config", "load_config", "parse_overrides", "apply_overrides"]
+__all__ = [
+    "MIN_BOOT",
+    "NBoot",
+    "Config",
+    "apply_overrides",
+    "config_fingerprint",
+    "explain_error",
+    "load_config",
+    "parse_overrides",
+    "safe_load_yaml",
+]
 
 C = TypeVar("C", bound="Config")
 
@@ -37,6 +50,62 @@ class Config(BaseModel):
     """Base of every config: unknown keys are rejected, values are validated on assignment."""
 
     model_config = ConfigDict(extra="forbid", validate_assignment=True, protected_namespaces=())
+
+
+MIN_BOOT = 200
+"""Fewest bootstrap replicates for a 95 % percentile interval: its 2.5 % and 97.5 % quantiles then
+rest on at least 5 replicates each (with 1 replicate the "interval" has zero width)."""
+
+
+def _check_n_boot(value: int) -> int:
+    if 0 < value < MIN_BOOT:
+        raise ValueError(f"must be 0 (no confidence intervals) or at least {MIN_BOOT} for a 95% interval")
+    return value
+
+
+NBoot = Annotated[int, Field(ge=0), AfterValidator(_check_n_boot)]
+"""A config's bootstrap replicate count: 0 (point estimates only) or at least :data:`MIN_BOOT`."""
+
+
+class DuplicateKeyError(yaml.YAMLError):
+    """A YAML mapping names the same key twice."""
+
+
+class _UniqueKeyLoader(yaml.SafeLoader):
+    """PyYAML's safe loader, except that a mapping may not repeat a key."""
+
+    def construct_mapping(self, node, deep=False):
+        seen: dict = {}
+        for key_node, _ in node.value:
+            key = self.construct_object(key_node, deep=deep)
+            try:
+                first = seen.setdefault(key, key_node.start_mark.line)
+            except TypeError:  # an unhashable key: the base constructor reports it
+                continue
+            if first != key_node.start_mark.line:
+                raise DuplicateKeyError(
+                    f"key {key!r} appears twice (lines {first + 1} and {key_node.start_mark.line + 1})"
+                )
+        return super().construct_mapping(node, deep=deep)
+
+
+def safe_load_yaml(text: str) -> Any:
+    r"""``yaml.safe_load`` that refuses a mapping with a repeated key (:class:`DuplicateKeyError`).
+
+    >>> safe_load_yaml("a: 1\nb: 2")
+    {'a': 1, 'b': 2}
+    >>> safe_load_yaml("a: 1\na: 2")
+    Traceback (most recent call last):
+    ...
+    trustmed.config.DuplicateKeyError: key 'a' appears twice (lines 1 and 2)
+    """
+    return yaml.load(text, Loader=_UniqueKeyLoader)  # noqa: S506 - a SafeLoader subclass
+
+
+def config_fingerprint(cfg: BaseModel, exclude: dict | set | None = None) -> str:
+    """SHA-256 of a config's values (without ``exclude``), to tell whether a checkpoint was made with it."""
+    values = cfg.model_dump(mode="json", exclude=exclude)
+    return hashlib.sha256(json.dumps(values, sort_keys=True).encode()).hexdigest()
 
 
 def parse_overrides(overrides: list[str] | None) -> dict[str, Any]:
@@ -50,7 +119,9 @@ def parse_overrides(overrides: list[str] | None) -> dict[str, Any]:
         if not key or any(not part for part in key.split(".")):
             raise InputError(f"--set {item!r}: empty key")
         try:
-            value = yaml.safe_load(raw) if raw.strip() else ""
+            value = safe_load_yaml(raw) if raw.strip() else ""
+        except DuplicateKeyError as exc:
+            raise InputError(f"--set {item!r}: {exc}") from None
         except yaml.YAMLError:
             value = raw
         node = nested
@@ -88,7 +159,8 @@ def _fields_at(model_cls: type[BaseModel], loc: tuple) -> list[str]:
     return list(getattr(cls, "model_fields", {}))
 
 
-def _explain(model_cls: type[BaseModel], err: ValidationError, source: str) -> str:
+def explain_error(model_cls: type[BaseModel], err: ValidationError, source: str) -> str:
+    """One line for a config's first validation error: the key, what was wrong, the value given."""
     first = err.errors()[0]
     loc = tuple(str(p) for p in first["loc"])
     key = ".".join(loc)
@@ -115,7 +187,11 @@ def load_config(
         if not path.is_file():
             raise InputError(f"config file not found: {path}")
         try:
-            loaded = yaml.safe_load(path.read_text())
+            loaded = safe_load_yaml(path.read_text(encoding="utf-8"))
+        except DuplicateKeyError as exc:
+            raise InputError(f"config file {path}: {exc}") from None
+        except UnicodeDecodeError:
+            raise InputError(f"config file {path} is not UTF-8 text") from None
         except yaml.YAMLError as exc:
             raise InputError(f"config file {path} is not valid YAML: {str(exc).splitlines()[0]}") from None
         if loaded is None:
@@ -128,4 +204,4 @@ def load_config(
     try:
         return model_cls.model_validate(data)
     except ValidationError as err:
-        raise InputError(_explain(model_cls, err, source)) from None
+        raise InputError(explain_error(model_cls, err, source)) from None

@@ -17,9 +17,9 @@ from typing import Literal
 
 from pydantic import Field
 
-from trustmed.config import Config
+from trustmed.config import Config, NBoot
 from trustmed.data.synth.skin import SynthSkinConfig, generate_synthskin
-from trustmed.io import staged_dir
+from trustmed.outdir import staged_dir
 from trustmed.report import Section, write_report
 from trustmed.train.classifier import TrainConfig, train_classifier
 
@@ -54,7 +54,7 @@ class DemoConfig(Config):
     seed: int = 0
     quick: bool = True
     sections: list[SectionName] = ["audit", "debias", "distill", "grounding", "causal"]
-    n_boot: int = Field(1000, ge=0)
+    n_boot: NBoot = 1000
     attributes: list[str] = ["skin_tone", "age_bin"]
     synthskin: SynthSkinConfig = SynthSkinConfig()
     train: TrainConfig = Field(default_factory=_demo_train_config)

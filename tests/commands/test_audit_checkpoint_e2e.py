@@ -28,7 +28,7 @@ def trained(tmp_path_factory):
 
 def _audit(args, out):
     result = runner.invoke(
-        app, ["audit", *args, "--group-col", "skin_tone", "--n-boot", "20", "--out", str(out)]
+        app, ["audit", *args, "--group-col", "skin_tone", "--n-boot", "200", "--out", str(out)]
     )
     assert result.exit_code == 0, result.output
     return json.loads((out / "metrics.json").read_text())

@@ -45,7 +45,7 @@ def test_audit_writes_metrics_markdown_and_figures(tmp_path, csv):
     out = tmp_path / "out"
     result = _audit(
         "--predictions", csv, "--label-col", "y", "--score-col", "p", "--group-col", "tone",
-        "--patient-col", "pid", "--n-boot", "100", "--out", out,
+        "--patient-col", "pid", "--n-boot", "200", "--out", out,
     )  # fmt: skip
     assert result.exit_code == 0, result.output
     assert "eodds_max_gap" in result.stdout and "overall" in result.stdout
@@ -55,12 +55,13 @@ def test_audit_writes_metrics_markdown_and_figures(tmp_path, csv):
         "attribute",
         "threshold",
         "n_boot",
+        "min_group_size",
         "overall",
         "groups",
         "gaps",
         "warnings",
     }
-    assert metrics["attribute"] == "tone" and metrics["n_boot"] == 100 and metrics["threshold"] == 0.5
+    assert metrics["attribute"] == "tone" and metrics["n_boot"] == 200 and metrics["threshold"] == 0.5
     assert set(metrics["groups"]) == {"light", "medium", "dark"}
     assert len(metrics["gaps"]["eodds_max_gap"]["ci"]) == 2
     text = (out / "audit.md").read_text()
@@ -72,17 +73,17 @@ def test_audit_writes_metrics_markdown_and_figures(tmp_path, csv):
 def test_intersections_seed_and_config(tmp_path, csv):
     config = tmp_path / "audit.yaml"
     config.write_text(
-        f"predictions: {csv}\nlabel_col: y\nscore_col: p\ngroup_cols: [tone, sex]\nn_boot: 50\n"
+        f"predictions: {csv}\nlabel_col: y\nscore_col: p\ngroup_cols: [tone, sex]\nn_boot: 200\n"
     )
     a, b, c = tmp_path / "a", tmp_path / "b", tmp_path / "c"
     assert _audit("--config", config, "--out", a, "--seed", "3", "--quiet").exit_code == 0
     assert _audit("--config", config, "--out", b, "--seed", "3", "--quiet").exit_code == 0
     assert (
-        _audit("--config", config, "--out", c, "--set", "seed=4", "--set", "n_boot=60", "-q").exit_code == 0
+        _audit("--config", config, "--out", c, "--set", "seed=4", "--set", "n_boot=300", "-q").exit_code == 0
     )
     ma, mb, mc = (json.loads((d / "metrics.json").read_text()) for d in (a, b, c))
     assert ma == mb and ma["attribute"] == "tone&sex" and "tone=dark&sex=F" in ma["groups"]
-    assert mc["n_boot"] == 60 and mc["gaps"]["dp_gap"]["ci"] != ma["gaps"]["dp_gap"]["ci"]
+    assert mc["n_boot"] == 300 and mc["gaps"]["dp_gap"]["ci"] != ma["gaps"]["dp_gap"]["ci"]
 
 
 def test_threshold_from_validation_predictions(tmp_path, csv):
@@ -169,7 +170,7 @@ def _bad_cases(tmp_path, csv):
 def test_bad_input_exit_2_one_line_and_no_output(tmp_path, csv):
     for name, (args, needles) in _bad_cases(tmp_path, csv).items():
         out = tmp_path / f"out_{name.replace(' ', '_')}"
-        result = _audit(*args, "--n-boot", "10", "--out", out)
+        result = _audit(*args, "--n-boot", "200", "--out", out)
         assert result.exit_code == 2, (name, result.output)
         lines = result.stderr.strip().splitlines()
         assert len(lines) == 1 and lines[0].startswith("error: "), (name, result.stderr)
@@ -216,7 +217,7 @@ def test_checkpoint_mode_calls_predictions_for_checkpoint(tmp_path, monkeypatch)
     out = tmp_path / "out"
     result = _audit(
         "--checkpoint", tmp_path / "ckpt", "--dataset", "synthskin", "--root", tmp_path / "data",
-        "--val-split", "val", "--group-col", "tone", "--n-boot", "20", "--out", out,
+        "--val-split", "val", "--group-col", "tone", "--n-boot", "200", "--out", out,
     )  # fmt: skip
     assert result.exit_code == 0, result.output
     assert [c[3] for c in calls] == ["test", "val"] and calls[0][1] == "synthskin"

@@ -13,7 +13,7 @@ from trustmed.data.synth.skin import generate_synthskin
 from trustmed.models import ModelSpec, build_model, load_checkpoint, save_checkpoint
 
 runner = CliRunner()
-FAST = ["--set", "epochs=1", "--set", "n_boot=20", "--quiet"]
+FAST = ["--set", "epochs=1", "--set", "n_boot=200", "--quiet"]
 
 
 @pytest.fixture(scope="module")

@@ -56,7 +56,7 @@ def _args(root, out, *extra):
         "--set",
         "train.epochs=2",
         "--set",
-        "n_boot=50",
+        "n_boot=200",
         "--set",
         "data.batch_size=16",
         *extra,

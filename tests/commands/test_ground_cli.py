@@ -90,7 +90,7 @@ def test_eval_on_synthcxr_writes_tables_and_figure(tmp_path, model_dir):
         str(out),
         "--quiet",
     ]
-    sets = ["--set", "data.n_images=12", "--set", "n_boot=50", "--set", "n_cases=2", *FAST]
+    sets = ["--set", "data.n_images=12", "--set", "n_boot=200", "--set", "n_cases=2", *FAST]
     result = runner.invoke(app, [*args, *sets])
     assert result.exit_code == 0, result.output
     metrics = json.loads((out / "metrics.json").read_text())

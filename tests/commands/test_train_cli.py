@@ -50,7 +50,8 @@ def test_synth_then_train(tmp_path):
     result = runner.invoke(app, args)
     assert result.exit_code == 0, result.output
     assert (out / "model.safetensors").is_file() and (out / "predictions_test.csv").is_file()
-    assert not list(tmp_path.glob(".run.*"))
+    # only the lock file stays beside --out: no staging folder, no temporary file
+    assert [p.name for p in tmp_path.glob(".run.*")] == [".run.lock"]
     result = runner.invoke(app, [a for a in args if a != "--quiet"] + ["--resume"])
     assert result.exit_code == 0, result.output
     assert "val AUC" in result.output and "at epoch" in result.output

@@ -93,8 +93,15 @@ def _manifest(tmp_path):
 
 def test_bad_images_are_errors_by_default(tmp_path):
     df = _manifest(tmp_path)
-    with pytest.raises(InputError, match=r"image not found: .*3.png"):
+    # found when the dataset is built, before any training: the first bad file, and a count of the rest
+    with pytest.raises(InputError, match=r"cannot read image .*2.png: not a PNG file .*; 1 other image"):
         ImageDataset(df, tmp_path, image_size=8, channels=1)
+    with pytest.raises(InputError, match=r"image not found: .*3.png"):
+        ImageDataset(df.drop(index=2), tmp_path, image_size=8, channels=1)
+    # damage inside a file whose start and end look right is found when it is decoded
+    data = bytearray((tmp_path / "1.png").read_bytes())
+    data[40:60] = bytes(20)
+    (tmp_path / "2.png").write_bytes(bytes(data))
     ds = ImageDataset(df.drop(index=3), tmp_path, image_size=8, channels=1, cache=False)
     with pytest.raises(InputError, match=r"cannot read image .*2.png"):
         ds[2]
@@ -102,16 +109,20 @@ def test_bad_images_are_errors_by_default(tmp_path):
 
 def test_skip_bad_images_skips_and_counts(tmp_path):
     df = _manifest(tmp_path)
+    data = bytearray((tmp_path / "1.png").read_bytes())
+    data[40:60] = bytes(20)  # damaged inside: passes the up-front check, fails to decode
+    (tmp_path / "5.png").write_bytes(bytes(data))
+    df = pd.concat([df, df.iloc[[4]].assign(sample_id="5.png", path="5.png", patient_id="5.png")])
     loader = make_loader(
         df, tmp_path, image_size=8, batch_size=2, shuffle=False, channels=1, skip_bad_images=True
     )
-    assert loader.dataset.n_skipped == 1 and len(loader.dataset) == 4
+    assert loader.dataset.n_skipped == 2 and len(loader.dataset) == 4  # two found up front
     batches = list(loader)
     index = torch.cat([b["index"] for b in batches]).tolist()
     assert index == [0, 1, 4]  # manifest rows of the readable images
     assert sum(int(b["n_skipped"]) for b in batches) == 1
-    assert loader.dataset.n_skipped == 2
-    assert [reason for _, reason in loader.dataset.skipped][0] == "not found"
+    reasons = [reason for _, reason in loader.dataset.skipped]
+    assert reasons[:2] == ["not a PNG file (wrong signature)", "not found"] and "5.png" in reasons[2]
     images = torch.cat([b["image"] for b in batches])
     assert float(images[0, 0, 0, 0]) > 0.75 > 0.25 > float(images[0, 0, -1, -1])  # MONOCHROME1: low = white
     assert float(images[1].mean()) == pytest.approx(200 / 255, abs=1e-4)

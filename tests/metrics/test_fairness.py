@@ -154,7 +154,18 @@ def test_gaps_helper_matches_report():
 def test_layout_and_json(tmp_path):
     y, s, groups = _data(5, n=300)
     rep = fairness_report(y, s, groups=groups, n_boot=50, attribute="skin_tone")
-    assert list(rep) == ["task", "attribute", "threshold", "n_boot", "overall", "groups", "gaps", "warnings"]
+    assert list(rep) == [
+        "task",
+        "attribute",
+        "threshold",
+        "n_boot",
+        "min_group_size",
+        "overall",
+        "groups",
+        "gaps",
+        "warnings",
+    ]
+    assert all(group["small"] is False for group in rep["groups"].values())
     assert rep["task"] == "classification" and rep["attribute"] == "skin_tone" and rep["n_boot"] == 50
     for block in [rep["overall"], *rep["groups"].values()]:
         assert isinstance(block["n"], int) and isinstance(block["n_pos"], int)

@@ -21,9 +21,21 @@ from typing import Annotated, Literal
 
 import pandas as pd
 import typer
+from pydantic import Field, ValidationError
 
-from trustmed.commands.common import ConfigOpt, OutOpt, QuietOpt, SeedOpt, SetOpt, cli_command, console, load
-from trustmed.config import Config
+from trustmed.commands.common import (
+    ConfigOpt,
+    OutOpt,
+    QuietOpt,
+    SeedOpt,
+    SetOpt,
+    WaitOpt,
+    claim,
+    cli_command,
+    console,
+    load,
+)
+from trustmed.config import Config, NBoot, explain_error
 from trustmed.errors import InputError
 
 __all__ = ["AuditConfig", "audit_cmd", "register"]
@@ -37,7 +49,7 @@ class AuditConfig(Config):
     score_col: str = "score"
     group_cols: list[str] = []
     patient_col: str | None = None
-    n_boot: int = 1000
+    n_boot: NBoot = 1000
     threshold: float | None = None
     val_predictions: Path | None = None
     val_split: str | None = None
@@ -48,6 +60,7 @@ class AuditConfig(Config):
     root: Path | None = None
     split: str = "test"
     title: str = "Fairness audit"
+    min_group_size: int = Field(30, ge=1)
     seed: int = 0
 
 
@@ -91,7 +104,12 @@ def audit_cmd(
     patient_col: Annotated[
         str | None, typer.Option(help="Patient id column: resample whole patients.")
     ] = None,
-    n_boot: Annotated[int | None, typer.Option(help="Bootstrap replicates (0: no CIs).")] = None,
+    n_boot: Annotated[
+        int | None, typer.Option(help="Bootstrap replicates: 0 (no CIs) or at least 200 (default 1000).")
+    ] = None,
+    min_group_size: Annotated[
+        int | None, typer.Option(help="Flag groups with fewer predictions as small (default 30).")
+    ] = None,
     threshold: Annotated[float | None, typer.Option(help="Fixed decision threshold (default 0.5).")] = None,
     val_predictions: Annotated[
         Path | None, typer.Option(help="Validation predictions CSV on which to choose the threshold.")
@@ -112,10 +130,13 @@ def audit_cmd(
     out: OutOpt = Path("runs/audit"),
     seed: SeedOpt = None,
     quiet: QuietOpt = False,
+    wait: WaitOpt = False,
 ) -> None:
     """Audit a classifier's fairness: group metrics, gaps and bootstrap CIs."""
     from trustmed.audit import run_audit
-    from trustmed.io import staged_dir
+    from trustmed.outdir import staged_dir
+
+    claim(out, wait)
 
     flags = {
         "predictions": predictions,
@@ -124,6 +145,7 @@ def audit_cmd(
         "group_cols": group_col or None,
         "patient_col": patient_col,
         "n_boot": n_boot,
+        "min_group_size": min_group_size,
         "threshold": threshold,
         "val_predictions": val_predictions,
         "val_split": val_split,
@@ -137,10 +159,13 @@ def audit_cmd(
     cfg = load(AuditConfig, config, set_, seed)
     try:
         cfg = cfg.model_validate(cfg.model_dump() | {k: v for k, v in flags.items() if v is not None})
-    except ValueError as exc:
-        raise InputError(f"--threshold-method: {str(exc).splitlines()[-1].strip()}") from None
-    if cfg.n_boot < 0:
-        raise InputError(f"--n-boot must be >= 0, got {cfg.n_boot}")
+    except ValidationError as err:
+        first = err.errors()[0]
+        key = str(first["loc"][0]) if first["loc"] else ""
+        if flags.get(key) is None:
+            raise InputError(explain_error(AuditConfig, err, "in the config")) from None
+        flag = "--group-col" if key == "group_cols" else f"--{key.replace('_', '-')}"
+        raise InputError(f"{flag}: {first['msg'].lower()}, got {first.get('input')!r}") from None
     table, val, source = _resolve(cfg)
     with staged_dir(out) as tmp:
         result = run_audit(
@@ -155,6 +180,7 @@ def audit_cmd(
             threshold_method=cfg.threshold_method,
             target_specificity=cfg.target_specificity,
             seed=cfg.seed,
+            min_group_size=cfg.min_group_size,
             out_dir=tmp,
             title=cfg.title,
             source=source,

@@ -17,7 +17,18 @@ from typing import Literal
 import numpy as np
 import typer
 
-from trustmed.commands.common import ConfigOpt, OutOpt, QuietOpt, SeedOpt, SetOpt, cli_command, console, load
+from trustmed.commands.common import (
+    ConfigOpt,
+    OutOpt,
+    QuietOpt,
+    SeedOpt,
+    SetOpt,
+    WaitOpt,
+    claim,
+    cli_command,
+    console,
+    load,
+)
 from trustmed.config import Config
 from trustmed.errors import InputError
 
@@ -169,14 +180,18 @@ def fit_cmd(
     out: OutOpt = Path("runs/causal"),
     seed: SeedOpt = None,
     quiet: QuietOpt = False,
+    wait: WaitOpt = False,
 ):
     """Train coVAE (train.alpha > 0) or a VAE baseline (train.alpha = 0) and score its latents."""
     import pandas as pd
     from safetensors.torch import save_file
 
     from trustmed.causal import encode, fit_covae, reconstruct
-    from trustmed.io import atomic_write_text, staged_dir, write_json
+    from trustmed.io import atomic_write_text, write_json
+    from trustmed.outdir import staged_dir
     from trustmed.utils import seed_everything
+
+    claim(out, wait)
 
     cfg = load(CausalFitConfig, config, set_, seed)
     seed_everything(cfg.seed)
@@ -247,21 +262,36 @@ def fit_cmd(
 
 
 def load_covae(folder: Path):
-    """Load ``model.safetensors`` + ``model.json`` written by ``trustmed causal fit``."""
-    from safetensors.torch import load_file
+    """Load ``model.safetensors`` + ``model.json`` written by ``trustmed causal fit``.
 
+    A missing, truncated or damaged file, or a pickle-format file in the folder, is an
+    :class:`InputError` naming the file.
+    """
     from trustmed.causal import CoVAE
+    from trustmed.io import check_finite, read_json, read_tensors, refuse_pickles
 
     folder = Path(folder)
     if not (folder / "model.json").is_file() or not (folder / "model.safetensors").is_file():
         raise InputError(f"{folder}: expected model.json and model.safetensors from 'trustmed causal fit'")
-    spec = json.loads((folder / "model.json").read_text())
-    if spec.get("kind") != "covae":
-        raise InputError(f"{folder}/model.json: not a coVAE model (kind={spec.get('kind')!r})")
-    arch = dict(spec["architecture"])
-    model = CoVAE(arch.pop("input_dim"), arch.pop("latent_dim"), **arch)
+    refuse_pickles(folder, what="trustmed model folder")
+    spec = read_json(folder / "model.json", what="model.json")
+    if not isinstance(spec, dict) or spec.get("kind") != "covae":
+        kind = spec.get("kind") if isinstance(spec, dict) else None
+        raise InputError(f"{folder}/model.json: not a coVAE model (kind={kind!r})")
+    norm = spec.get("normalisation") or {}
     try:
-        model.load_state_dict(load_file(str(folder / "model.safetensors")))
+        arch = dict(spec["architecture"])
+        model = CoVAE(arch.pop("input_dim"), arch.pop("latent_dim"), **arch)
+        if norm and len(norm["mean"]) != len(norm["std"]):
+            raise ValueError("normalisation mean and std differ in length")
+    except (KeyError, TypeError, ValueError, RuntimeError) as exc:
+        raise InputError(
+            f"{folder}/model.json: not a model.json from 'trustmed causal fit' ({str(exc).splitlines()[0]})"
+        ) from None
+    state = read_tensors(folder / "model.safetensors")
+    check_finite(state, folder / "model.safetensors")
+    try:
+        model.load_state_dict(state)
     except RuntimeError as exc:
         raise InputError(
             f"{folder}/model.safetensors does not match model.json: {str(exc).splitlines()[0]}"
@@ -276,11 +306,15 @@ def eval_cmd(
     out: OutOpt = Path("runs/causal-eval"),
     seed: SeedOpt = None,
     quiet: QuietOpt = False,
+    wait: WaitOpt = False,
 ):
     """Encode a data folder with a fitted model (--set model=DIR data=DIR) and score the latents."""
     from trustmed.causal import encode, reconstruct
     from trustmed.data.synth.anm import load_anm
-    from trustmed.io import staged_dir, write_json
+    from trustmed.io import write_json
+    from trustmed.outdir import staged_dir
+
+    claim(out, wait)
 
     cfg = load(CausalEvalConfig, config, set_, seed)
     if cfg.model is None or cfg.data is None:
@@ -317,10 +351,13 @@ def synth_anm_cmd(
     out: OutOpt = Path("data/latent_anm"),
     seed: SeedOpt = None,
     quiet: QuietOpt = False,
+    wait: WaitOpt = False,
 ):
     """Write a latent ANM data folder (x.npy, z.npy, adjacency.csv, meta.json)."""
     from trustmed.data.synth.anm import make_latent_anm, save_anm
-    from trustmed.io import staged_dir
+    from trustmed.outdir import staged_dir
+
+    claim(out, wait)
 
     cfg = load(SynthANMConfig, config, set_, seed)
     data = make_latent_anm(
@@ -339,10 +376,13 @@ def synth_pendulum_cmd(
     out: OutOpt = Path("data/pendulum"),
     seed: SeedOpt = None,
     quiet: QuietOpt = False,
+    wait: WaitOpt = False,
 ):
     """Write a Pendulum image data folder (x.npy images, z.npy latents, adjacency.csv, meta.json)."""
     from trustmed.data.synth.pendulum import make_pendulum, save_pendulum
-    from trustmed.io import staged_dir
+    from trustmed.outdir import staged_dir
+
+    claim(out, wait)
 
     cfg = load(SynthPendulumConfig, config, set_, seed)
     data = make_pendulum(n=cfg.n, image_size=cfg.image_size, seed=cfg.seed, noise=cfg.noise)

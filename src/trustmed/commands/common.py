@@ -13,9 +13,21 @@ from typing import Annotated, Any, TypeVar
 import typer
 
 from trustmed.errors import InputError
+from trustmed.outdir import command_scope
 from trustmed.progress import set_quiet
 
-__all__ = ["ConfigOpt", "SetOpt", "OutOpt", "SeedOpt", "QuietOpt", "cli_command", "console", "load"]
+__all__ = [
+    "ConfigOpt",
+    "SetOpt",
+    "OutOpt",
+    "SeedOpt",
+    "QuietOpt",
+    "WaitOpt",
+    "claim",
+    "cli_command",
+    "console",
+    "load",
+]
 
 ConfigOpt = Annotated[Path | None, typer.Option("--config", "-c", help="YAML config file.")]
 SetOpt = Annotated[
@@ -24,6 +36,10 @@ SetOpt = Annotated[
 OutOpt = Annotated[Path, typer.Option("--out", "-o", help="Output directory.")]
 SeedOpt = Annotated[int | None, typer.Option("--seed", help="Random seed (overrides the config's seed).")]
 QuietOpt = Annotated[bool, typer.Option("--quiet", "-q", help="No progress bars.")]
+WaitOpt = Annotated[
+    bool,
+    typer.Option("--wait", help="If another run is writing the same --out, wait for it instead of stopping."),
+]
 
 F = TypeVar("F", bound=Callable[..., Any])
 
@@ -44,12 +60,22 @@ def load(config_cls, config: Path | None, overrides: list[str] | None, seed: int
     return load_config(config_cls, config, sets)
 
 
+def claim(out: Path, wait: bool = False, kind: str = "dir"):
+    """Check and lock ``--out`` for the rest of the command, before any work (see :mod:`trustmed.outdir`)."""
+    from trustmed.outdir import claim_output
+
+    return claim_output(out, wait=wait, kind=kind)
+
+
 def _exit_on_sigterm(signum, frame) -> None:
     raise SystemExit(128 + signum)
 
 
 def cli_command(func: F) -> F:
-    """Run a command body: ``InputError`` becomes one line on stderr and exit code 2."""
+    """Run a command body: ``InputError`` becomes one line on stderr and exit code 2.
+
+    Outputs claimed with :func:`claim` are released (and, after bad input, removed) on the way out.
+    """
 
     @functools.wraps(func)
     def wrapper(*args, **kwargs):
@@ -59,7 +85,8 @@ def cli_command(func: F) -> F:
         # SIGTERM unwinds like Ctrl-C, so staged (temporary) outputs are removed on the way out.
         signal.signal(signal.SIGTERM, _exit_on_sigterm)
         try:
-            return func(*args, **kwargs)
+            with command_scope():
+                return func(*args, **kwargs)
         except InputError as exc:
             sys.stderr.write(f"error: {exc}\n")
             raise typer.Exit(code=2) from None

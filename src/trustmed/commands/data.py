@@ -15,7 +15,18 @@ from typing import Annotated, Any
 import typer
 from pydantic import Field
 
-from trustmed.commands.common import ConfigOpt, OutOpt, QuietOpt, SeedOpt, SetOpt, cli_command, console, load
+from trustmed.commands.common import (
+    ConfigOpt,
+    OutOpt,
+    QuietOpt,
+    SeedOpt,
+    SetOpt,
+    WaitOpt,
+    claim,
+    cli_command,
+    console,
+    load,
+)
 from trustmed.config import Config
 from trustmed.errors import InputError
 
@@ -46,10 +57,13 @@ def synth_skin_cmd(
     out: OutOpt = Path("runs/synthskin"),
     seed: SeedOpt = None,
     quiet: QuietOpt = False,
+    wait: WaitOpt = False,
 ) -> None:
     """SynthSkin: biased skin-lesion images in the Fitzpatrick17k format (see docs/data.md)."""
     from trustmed.data.synth.skin import SynthSkinConfig, generate_synthskin
-    from trustmed.io import staged_dir
+    from trustmed.outdir import staged_dir
+
+    claim(out, wait)
 
     cfg = load(SynthSkinConfig, config, set_, seed)
     t0 = time.perf_counter()
@@ -84,10 +98,13 @@ def synth_digits_cmd(
     out: OutOpt = Path("runs/coloreddigits"),
     seed: SeedOpt = None,
     quiet: QuietOpt = False,
+    wait: WaitOpt = False,
 ) -> None:
     """ColoredDigits: real handwritten digits with a spurious background colour, Waterbirds format."""
     from trustmed.data.synth.digits import make_colored_digits
-    from trustmed.io import staged_dir
+    from trustmed.outdir import staged_dir
+
+    claim(out, wait)
 
     cfg = load(DigitsConfig, config, set_, seed)
     with staged_dir(out) as tmp:
@@ -112,10 +129,13 @@ def synth_cxr_cmd(
     out: OutOpt = Path("runs/synthcxr"),
     seed: SeedOpt = None,
     quiet: QuietOpt = False,
+    wait: WaitOpt = False,
 ) -> None:
     """SynthCXR: chest phantoms with findings, report sentences and boxes (MS-CXR or VinDr format)."""
     from trustmed.data.synth.cxr import make_synthcxr, make_synthcxr_vindr
-    from trustmed.io import staged_dir
+    from trustmed.outdir import staged_dir
+
+    claim(out, wait)
 
     cfg = load(CXRConfig, config, set_, seed)
     make = make_synthcxr_vindr if cfg.vindr else make_synthcxr
@@ -161,12 +181,15 @@ def card_cmd(
     out: OutOpt = Path("runs/card"),
     seed: SeedOpt = None,
     quiet: QuietOpt = False,
+    wait: WaitOpt = False,
 ) -> None:
     """Dataset card from the CSVs alone: counts per split, group and label, prevalence by group,
     missing attributes, images per patient and a group × label figure (card.md, card.json)."""
     from trustmed.data import dataset_loader, load_dataset
     from trustmed.data.card import write_card
-    from trustmed.io import staged_dir
+    from trustmed.outdir import staged_dir
+
+    claim(out, wait)
 
     sets = _card_overrides(set_)
     sets += [f"dataset={dataset}"] if dataset is not None else []

@@ -22,11 +22,13 @@ from trustmed.commands.common import (
     QuietOpt,
     SeedOpt,
     SetOpt,
+    WaitOpt,
+    claim,
     cli_command,
     console,
     load,
 )
-from trustmed.config import Config
+from trustmed.config import Config, NBoot
 from trustmed.errors import InputError
 
 __all__ = ["DataRef", "DebiasRunConfig", "DebiasCompareConfig", "register", "run_debias", "run_compare"]
@@ -58,7 +60,7 @@ class DebiasRunConfig(Config):
     epochs: int = Field(10, ge=0)
     params: dict[str, Any] = {}
     eval_splits: list[str] = ["val", "test"]
-    n_boot: int = Field(1000, ge=0)
+    n_boot: NBoot = 1000
 
 
 class DebiasCompareConfig(Config):
@@ -75,7 +77,7 @@ class DebiasCompareConfig(Config):
     quick: bool = False
     bias_loss: Literal["eodds", "eopp", "dp"] = "eodds"
     epochs: int = Field(10, ge=0)
-    n_boot: int = Field(1000, ge=0)
+    n_boot: NBoot = 1000
     guard: float = Field(0.02, ge=0)
     select_gap: str = "eodds_mean_gap"
     eval_splits: list[str] = ["test", "ood"]
@@ -149,8 +151,9 @@ def run_debias(cfg: DebiasRunConfig, out: Path) -> dict[str, Any]:
     from trustmed.debias.baselines import GroupThresholds
     from trustmed.debias.compare import METHODS, make_method, subsample
     from trustmed.debias.finetune import GroupedSet
-    from trustmed.io import staged_dir, write_json
+    from trustmed.io import write_json
     from trustmed.models import save_checkpoint
+    from trustmed.outdir import staged_dir
     from trustmed.utils import seed_everything
 
     if cfg.method not in METHODS or cfg.method == "erm":
@@ -268,7 +271,8 @@ def run_compare(cfg: DebiasCompareConfig, out: Path) -> dict[str, Any]:
         pareto_figure,
         subsample,
     )
-    from trustmed.io import staged_dir, write_json
+    from trustmed.io import write_json
+    from trustmed.outdir import staged_dir
 
     model, spec, metadata = _load_model(cfg.checkpoint)
     name, root, options = _resolve_data(cfg.data, metadata)
@@ -412,10 +416,12 @@ def debias_cmd(
     out: OutOpt = Path("runs/debias"),
     seed: SeedOpt = None,
     quiet: QuietOpt = False,
+    wait: WaitOpt = False,
 ) -> None:
     """Debias one trained classifier with one method."""
     if ctx.invoked_subcommand is not None:
         return
+    claim(out, wait)
     overrides = _overrides(
         set_,
         method=method,
@@ -441,8 +447,10 @@ def compare_cmd(
     out: OutOpt = Path("runs/debias_compare"),
     seed: SeedOpt = None,
     quiet: QuietOpt = False,
+    wait: WaitOpt = False,
 ) -> None:
     """Run ERM and every method on one configuration; write comparison.csv/json and Pareto figures."""
+    claim(out, wait)
     overrides = _overrides(set_, checkpoint=checkpoint, attribute=attribute, **{"data.root": external})
     cfg = load(DebiasCompareConfig, config, overrides, seed)
     result = run_compare(cfg, out)
@@ -492,8 +500,10 @@ def apply_thresholds_cmd(
     out: Annotated[Path, typer.Option("--out", "-o", help="Output CSV.")],
     attribute: AttributeOpt = None,
     quiet: QuietOpt = False,
+    wait: WaitOpt = False,
 ) -> None:
     """Apply saved per-group thresholds to any predictions CSV: adds p_decision and decision."""
+    claim(out, wait, kind="file")
     df = apply_thresholds(thresholds, predictions, attribute, out)
     if not quiet:
         console().print(f"{len(df)} decisions (mean {df['decision'].mean():.3f}); wrote {out}")

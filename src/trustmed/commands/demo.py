@@ -4,7 +4,18 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from trustmed.commands.common import ConfigOpt, OutOpt, QuietOpt, SeedOpt, SetOpt, cli_command, console, load
+from trustmed.commands.common import (
+    ConfigOpt,
+    OutOpt,
+    QuietOpt,
+    SeedOpt,
+    SetOpt,
+    WaitOpt,
+    claim,
+    cli_command,
+    console,
+    load,
+)
 
 __all__ = ["register"]
 
@@ -16,9 +27,12 @@ def demo_cmd(
     out: OutOpt = Path("runs/demo"),
     seed: SeedOpt = None,
     quiet: QuietOpt = False,
+    wait: WaitOpt = False,
 ) -> None:
     """Run every capability on built-in synthetic data and write a self-contained report.html."""
     from trustmed.demo import DemoConfig, run_demo
+
+    claim(out, wait)
 
     cfg = load(DemoConfig, config, set_, seed)
     result = run_demo(cfg, out)

@@ -18,8 +18,19 @@ import numpy as np
 import pandas as pd
 import typer
 
-from trustmed.commands.common import ConfigOpt, OutOpt, QuietOpt, SeedOpt, SetOpt, cli_command, console, load
-from trustmed.config import Config
+from trustmed.commands.common import (
+    ConfigOpt,
+    OutOpt,
+    QuietOpt,
+    SeedOpt,
+    SetOpt,
+    WaitOpt,
+    claim,
+    cli_command,
+    console,
+    load,
+)
+from trustmed.config import Config, NBoot
 from trustmed.errors import InputError
 
 __all__ = ["DistillConfig", "distill_cmd", "register", "run_distill"]
@@ -64,7 +75,7 @@ class DistillConfig(Config):
     seed: int = 0
     method: Literal["groupdistil", "kd", "groupdro", "erm"] = "groupdistil"
     teacher: Path | None = None
-    n_boot: int = 1000
+    n_boot: NBoot = 1000
     data: DataConfig = DataConfig()
     student: StudentConfig = StudentConfig()
     loss: LossConfig = LossConfig()
@@ -151,16 +162,28 @@ def _load_teacher(cfg: DistillConfig, n_classes: int):
 
 
 def run_distill(cfg: DistillConfig, out: Path) -> dict:
-    """Run the command's work and write every output into ``out`` (all-or-nothing)."""
+    """Run the command's work and write every output into ``out`` (all-or-nothing).
+
+    The per-epoch state goes to ``out/checkpoints`` as training proceeds (``train.resume``
+    continues from it); everything else is staged and appears in ``out`` when the run succeeds.
+    """
+    from trustmed.outdir import staged_dir, state_dir
+
+    with staged_dir(out) as stage:
+        return _distill(cfg, stage, state_dir(out, "checkpoints"))
+
+
+def _distill(cfg: DistillConfig, stage: Path, checkpoints: Path) -> dict:
+    from trustmed.config import config_fingerprint
     from trustmed.distill.trainer import GroupDistiller, make_group_loaders, plot_group_weights
-    from trustmed.io import staged_dir, write_json
+    from trustmed.io import write_json
     from trustmed.metrics.robustness import robustness_metrics
     from trustmed.models import count_parameters, save_checkpoint
     from trustmed.report import Section, figure_to_html, table_to_html, write_report
     from trustmed.utils import seed_everything
 
     seed_everything(cfg.seed)
-    manifest, root = _load_data(cfg, out)
+    manifest, root = _load_data(cfg, stage)
     n_classes = max(2, int(manifest["label"].max()) + 1)
     teacher, t_spec = _load_teacher(cfg, n_classes)
     image_size = t_spec.image_size if t_spec is not None else cfg.data.image_size
@@ -186,8 +209,6 @@ def run_distill(cfg: DistillConfig, out: Path) -> dict:
         cache_teacher=not cfg.data.augment,
         **cfg.loss.model_dump(),
     )
-    checkpoints = out / "checkpoints"
-    checkpoints.mkdir(parents=True, exist_ok=True)
     distiller.fit(
         student,
         loaders["train"],
@@ -195,6 +216,8 @@ def run_distill(cfg: DistillConfig, out: Path) -> dict:
         teacher=teacher,
         checkpoint_dir=checkpoints,
         resume=cfg.train.resume,
+        # more epochs or another n_boot may continue a run; anything else that shapes training may not
+        fingerprint=config_fingerprint(cfg, exclude={"n_boot": True, "train": {"resume", "epochs"}}),
     )
     metrics: dict = {"task": "robustness", "method": cfg.method, "groups": names, "n_boot": cfg.n_boot}
     frames = []
@@ -223,31 +246,27 @@ def run_distill(cfg: DistillConfig, out: Path) -> dict:
         wall_time_s=distiller.fit_result_.wall_time_s,
     )
     weights = pd.DataFrame(distiller.group_weights_, columns=names).rename_axis("epoch").reset_index()
-    with staged_dir(out) as tmp:
-        save_checkpoint(
-            distiller.model_, spec, tmp, method=cfg.method, groups=names, config=cfg.model_dump(mode="json")
-        )
-        write_json(tmp / "metrics.json", metrics)
-        pd.concat(frames).to_csv(tmp / "predictions.csv", index=False)
-        pd.DataFrame(distiller.history_).to_csv(tmp / "history.csv", index=False)
-        weights.to_csv(tmp / "group_weights.csv", index=False)
-        png = plot_group_weights(
-            distiller.group_weights_, names, tmp / "group_weights.png", title=f"{cfg.method}: q"
-        )
-        test = metrics["test"]
-        table = pd.DataFrame(
-            [
-                {"group": n, "n": test[f"count_group:{n}"], "acc": test[f"acc_group:{n}"]["value"]}
-                for n in names
-            ]
-        )
-        body = (
-            f"<p>method {cfg.method}; selected epoch {distiller.best_epoch_}; test acc_avg "
-            f"{test['acc_avg']['value']:.3f}, acc_wg {test['acc_wg']['value']:.3f}</p>"
-            + table_to_html(table)
-            + figure_to_html(png, "group weights per epoch")
-        )
-        write_report(tmp / "report.html", "trustmed distill", [Section("Distillation", body)])
+    save_checkpoint(
+        distiller.model_, spec, stage, method=cfg.method, groups=names, config=cfg.model_dump(mode="json")
+    )
+    write_json(stage / "metrics.json", metrics)
+    pd.concat(frames).to_csv(stage / "predictions.csv", index=False)
+    pd.DataFrame(distiller.history_).to_csv(stage / "history.csv", index=False)
+    weights.to_csv(stage / "group_weights.csv", index=False)
+    png = plot_group_weights(
+        distiller.group_weights_, names, stage / "group_weights.png", title=f"{cfg.method}: q"
+    )
+    test = metrics["test"]
+    table = pd.DataFrame(
+        [{"group": n, "n": test[f"count_group:{n}"], "acc": test[f"acc_group:{n}"]["value"]} for n in names]
+    )
+    body = (
+        f"<p>method {cfg.method}; selected epoch {distiller.best_epoch_}; test acc_avg "
+        f"{test['acc_avg']['value']:.3f}, acc_wg {test['acc_wg']['value']:.3f}</p>"
+        + table_to_html(table)
+        + figure_to_html(png, "group weights per epoch")
+    )
+    write_report(stage / "report.html", "trustmed distill", [Section("Distillation", body)])
     return metrics
 
 
@@ -266,8 +285,10 @@ def distill_cmd(
     student_arch: Annotated[str | None, typer.Option("--student-arch", help="Student architecture.")] = None,
     student_width: Annotated[int | None, typer.Option("--student-width", help="Student width.")] = None,
     resume: Annotated[bool, typer.Option("--resume", help="Continue from OUT/checkpoints.")] = False,
+    wait: WaitOpt = False,
 ) -> None:
     """Train a student with GroupDistil / KD / Group DRO / ERM; select on validation worst-group accuracy."""
+    claim(out, wait)
     sets = list(set_ or [])
     for key, value in (
         ("method", method),

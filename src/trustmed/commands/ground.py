@@ -14,8 +14,19 @@ from typing import Annotated, Literal
 
 import typer
 
-from trustmed.commands.common import ConfigOpt, OutOpt, QuietOpt, SeedOpt, SetOpt, cli_command, console, load
-from trustmed.config import Config
+from trustmed.commands.common import (
+    ConfigOpt,
+    OutOpt,
+    QuietOpt,
+    SeedOpt,
+    SetOpt,
+    WaitOpt,
+    claim,
+    cli_command,
+    console,
+    load,
+)
+from trustmed.config import Config, NBoot
 from trustmed.errors import InputError
 from trustmed.grounding.prompt_tuning import LORA_RECIPE, PromptTuningConfig
 from trustmed.grounding.train_ldm import TinyLDMConfig
@@ -63,7 +74,7 @@ class GroundEvalConfig(Config):
     data: EvalData = EvalData()
     prompt_tuning: str | None = None
     grounding: GroundingConfig = GroundingConfig()
-    n_boot: int = 1000
+    n_boot: NBoot = 1000
     n_cases: int = 4
 
 
@@ -120,15 +131,17 @@ def _load_prompt(path: str | None):
     return TunedPrompt.load(path)
 
 
-def _run(config, set_, out, seed, quiet, model, image, text, prompt_tuning=None):
+def _run(config, set_, out, seed, quiet, model, image, text, prompt_tuning=None, wait=False):
     import numpy as np
 
     from trustmed.data.mscxr import read_image
     from trustmed.grounding.heatmaps import plot_cases
     from trustmed.grounding.ldm import load_ldm
     from trustmed.grounding.zero_shot import ZeroShotGrounder
-    from trustmed.io import staged_dir, write_json
+    from trustmed.io import write_json
+    from trustmed.outdir import staged_dir
 
+    claim(out, wait)
     sets = _grounding_overrides(set_, model, None, None)
     if prompt_tuning is not None:
         sets.append(f"prompt_tuning={prompt_tuning}")
@@ -171,9 +184,10 @@ def run_cmd(
     image: ImageOpt = None,
     text: TextOpt = None,
     prompt_tuning: PromptOpt = None,
+    wait: WaitOpt = False,
 ):
     """Ground one phrase in one image: writes heatmap.npy (NaN outside the field of view) and overlay.png."""
-    _run(config, set_, out, seed, quiet, model, image, text, prompt_tuning)
+    _run(config, set_, out, seed, quiet, model, image, text, prompt_tuning, wait)
 
 
 def _load_table(cfg: GroundEvalConfig, work: Path):
@@ -210,6 +224,7 @@ def eval_cmd(
     dataset: Annotated[str | None, typer.Option("--dataset", help="synthcxr, mscxr, vindr or nih.")] = None,
     root: Annotated[str | None, typer.Option("--root", help="Dataset folder.")] = None,
     prompt_tuning: PromptOpt = None,
+    wait: WaitOpt = False,
 ):
     """Score zero-shot or prompt-tuned grounding on a dataset: per-class CIs, metrics.json, cases figure."""
     import tempfile
@@ -220,9 +235,11 @@ def eval_cmd(
     from trustmed.grounding.heatmaps import plot_cases
     from trustmed.grounding.ldm import load_ldm
     from trustmed.grounding.zero_shot import ZeroShotGrounder, ground_table, score_table
-    from trustmed.io import staged_dir, write_json
+    from trustmed.io import write_json
     from trustmed.metrics.grounding import summarize
+    from trustmed.outdir import staged_dir
 
+    claim(out, wait)
     sets = _grounding_overrides(set_, model, None, None)
     sets += [f"data.{k}={v}" for k, v in (("dataset", dataset), ("root", root)) if v is not None]
     if prompt_tuning is not None:
@@ -297,6 +314,7 @@ def tune_cmd(
             "token noise 0.5, 12 epochs).",
         ),
     ] = None,
+    wait: WaitOpt = False,
 ):
     """Learn an anatomy-grounded prompt (context vectors, optional LoRA) for a frozen LDM, without boxes.
 
@@ -308,8 +326,10 @@ def tune_cmd(
     from trustmed.data.synth.cxr import make_synthcxr
     from trustmed.grounding.ldm import load_ldm
     from trustmed.grounding.prompt_tuning import build_examples, train_prompt
-    from trustmed.io import staged_dir, write_json
+    from trustmed.io import write_json
+    from trustmed.outdir import staged_dir
 
+    claim(out, wait)
     sets = _grounding_overrides(set_, model, None, None)
     sets += [f"data.{k}={v}" for k, v in (("root", root), ("anatomy", anatomy)) if v is not None]
     if lora:  # the measured LoRA recipe (over the config file); a --set still changes any key
@@ -354,10 +374,14 @@ def train_ldm_cmd(
     out: OutOpt = Path("runs/tiny_ldm"),
     seed: SeedOpt = None,
     quiet: QuietOpt = False,
+    wait: WaitOpt = False,
 ):
     """Train the tiny text-conditioned LDM on SynthCXR (CPU); the model is written to OUT/model."""
     from trustmed.grounding.train_ldm import train_tiny_ldm
-    from trustmed.io import staged_dir, write_json
+    from trustmed.io import write_json
+    from trustmed.outdir import staged_dir
+
+    claim(out, wait)
 
     cfg = load(TrainLDMConfig, config, set_, seed)
     settings = TinyLDMConfig(**cfg.model_dump(exclude={"data_root"}))
@@ -389,10 +413,11 @@ def register(app: typer.Typer) -> None:
         image: ImageOpt = None,
         text: TextOpt = None,
         prompt_tuning: PromptOpt = None,
+        wait: WaitOpt = False,
     ):
         """Ground a phrase (same options as ``run``) unless a sub-command is given."""
         if ctx.invoked_subcommand is None:
-            _run(config, set_, out, seed, quiet, model, image, text, prompt_tuning)
+            _run(config, set_, out, seed, quiet, model, image, text, prompt_tuning, wait)
 
     group.command("run")(run_cmd)
     group.command("eval")(eval_cmd)

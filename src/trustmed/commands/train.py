@@ -11,7 +11,18 @@ from typing import Annotated
 
 import typer
 
-from trustmed.commands.common import ConfigOpt, OutOpt, QuietOpt, SeedOpt, SetOpt, cli_command, console, load
+from trustmed.commands.common import (
+    ConfigOpt,
+    OutOpt,
+    QuietOpt,
+    SeedOpt,
+    SetOpt,
+    WaitOpt,
+    claim,
+    cli_command,
+    console,
+    load,
+)
 
 __all__ = ["register", "train_cmd"]
 
@@ -28,14 +39,16 @@ def train_cmd(
     seed: SeedOpt = None,
     quiet: QuietOpt = False,
     resume: ResumeOpt = False,
+    wait: WaitOpt = False,
 ) -> None:
     """Train a binary image classifier (ERM) and write its checkpoint, predictions and history."""
-    from trustmed.io import staged_dir
+    from trustmed.outdir import staged_dir
     from trustmed.train.classifier import TrainConfig, train_classifier
 
+    run = claim(out, wait)
     cfg = load(TrainConfig, config, set_, seed)
     with staged_dir(out) as tmp:
-        result = train_classifier(cfg, tmp, resume=resume, checkpoint_dir=out / "checkpoints")
+        result = train_classifier(cfg, tmp, resume=resume, checkpoint_dir=run.state_dir("checkpoints"))
     if quiet:
         return
     splits = ", ".join(f"predictions_{s}.csv" for s in result.predictions)

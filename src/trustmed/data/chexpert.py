@@ -35,6 +35,7 @@ import pandas as pd
 
 from trustmed.data.manifest import age_bins, stratified_split, validate_manifest
 from trustmed.errors import InputError
+from trustmed.io import read_csv
 
 __all__ = [
     "CSV_COLUMNS",
@@ -86,19 +87,7 @@ def read_csv_checked(
     """
     if not path.is_file():
         raise InputError(f"{path}: not found")
-    try:
-        df = pd.read_csv(path, dtype=dict(dtype or {}), low_memory=False)
-    except (pd.errors.EmptyDataError, pd.errors.ParserError, UnicodeDecodeError, OSError, EOFError) as exc:
-        raise InputError(f"{path}: not a readable CSV ({str(exc).splitlines()[0]})") from None
-    missing = [c for c in required if c not in df.columns]
-    if missing:
-        raise InputError(
-            f"{path}: missing column(s) {', '.join(repr(c) for c in missing)}; "
-            f"available: {', '.join(map(str, df.columns))}"
-        )
-    if df.empty:
-        raise InputError(f"{path}: no rows")
-    return df
+    return read_csv(path, required=required, dtype=dtype)
 
 
 def apply_uncertainty(codes: pd.Series, policy: str, *, where: str) -> tuple[np.ndarray, np.ndarray]:

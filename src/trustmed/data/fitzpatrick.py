@@ -32,6 +32,7 @@ import pandas as pd
 
 from trustmed.data.manifest import age_bins, skin_tone_from_fitzpatrick, stratified_split, validate_manifest
 from trustmed.errors import InputError
+from trustmed.io import read_csv
 
 __all__ = ["CSV_NAME", "DEFAULT_SPLIT", "OFFICIAL_COLUMNS", "SIDE_FILES", "load_fitzpatrick17k"]
 
@@ -77,9 +78,12 @@ def _merge_side_file(df: pd.DataFrame, folder: Path) -> pd.DataFrame:
         side_path = folder / name
         if not side_path.is_file():
             continue
-        side = pd.read_csv(side_path, dtype={"md5hash": str, "patient_id": str, "split": str, "sex": str})
-        if "md5hash" not in side.columns:
-            raise InputError(f"{side_path}: missing column 'md5hash'; available: {', '.join(side.columns)}")
+        side = read_csv(
+            side_path,
+            dtype={"md5hash": str, "patient_id": str, "split": str, "sex": str},
+            required=("md5hash",),
+            allow_empty=True,
+        )
         keep = [c for c in ("md5hash", "split", "sex", "age", "patient_id") if c in side.columns]
         merged = df.merge(
             side[keep].drop_duplicates("md5hash"), on="md5hash", how="left", validate="one_to_one"
@@ -128,10 +132,7 @@ def load_fitzpatrick17k(
         raise InputError(f"Fitzpatrick17k label must be one of {list(_LABELS)}, got {label!r}")
     csv_path = _csv_path(Path(root))
     folder = csv_path.parent
-    try:
-        df = pd.read_csv(csv_path, dtype={"md5hash": str, "qc": str, "label": str}, keep_default_na=True)
-    except (pd.errors.EmptyDataError, pd.errors.ParserError, UnicodeDecodeError) as exc:
-        raise InputError(f"{csv_path}: not a readable CSV ({str(exc).splitlines()[0]})") from None
+    df = read_csv(csv_path, dtype={"md5hash": str, "qc": str, "label": str}, allow_empty=True)
     missing = [c for c in _REQUIRED if c not in df.columns]
     if missing:
         raise InputError(

@@ -12,9 +12,13 @@ the result is scaled to [0, 1] by its minimum and maximum, and ``MONOCHROME1`` i
 value is dark) are inverted so that bone is bright in every image. 8-, 12- and 16-bit data are
 read as floats, never truncated to 8 bits.
 
+When a dataset is built every listed image is checked cheaply (:func:`image_problem`: the file
+exists, starts with its format's signature and, for PNG and JPEG, ends with its end marker, so a
+truncated file is found), so a bad image stops a run before training starts, not after an epoch.
 With ``skip_bad_images=True`` a missing or unreadable image is left out rather than stopping the
-run: missing files are dropped when the dataset is built, unreadable ones when a batch is put
-together, and both are counted (:attr:`ImageDataset.n_skipped`, and ``n_skipped`` in each batch).
+run: images that fail the check are dropped when the dataset is built, ones that fail to decode
+when a batch is put together, and both are counted (:attr:`ImageDataset.n_skipped`, and
+``n_skipped`` in each batch).
 
 Resizing and intensity scaling use MONAI transforms (Cardoso et al., "MONAI: An
 open-source framework for deep learning in healthcare", arXiv 2211.02701); the deterministic part
@@ -34,7 +38,9 @@ is cached in memory for small sets, so a few thousand small JPEGs are decoded on
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable
+import os
+from collections.abc import Callable, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import numpy as np
@@ -42,13 +48,14 @@ import pandas as pd
 import torch
 from torch.utils.data import DataLoader, Dataset
 
-from trustmed.data.manifest import check_images
 from trustmed.errors import InputError
 
 __all__ = [
     "IMAGE_READERS",
     "ImageDataset",
     "collate_skipping",
+    "image_problem",
+    "image_problems",
     "make_loader",
     "random_flip_rotate",
     "read_image",
@@ -146,6 +153,62 @@ def read_image(path: str | Path, *, channels: int = 3) -> np.ndarray:
     return reader(path, channels)
 
 
+# (format name, signature at the start, end marker expected in the last 4 KiB or None)
+_SIGNATURES: dict[str, tuple[str, int, bytes, bytes | None]] = {
+    ".png": ("PNG", 0, b"\x89PNG\r\n\x1a\n", b"IEND\xaeB`\x82"),
+    ".jpg": ("JPEG", 0, b"\xff\xd8\xff", b"\xff\xd9"),
+    ".jpeg": ("JPEG", 0, b"\xff\xd8\xff", b"\xff\xd9"),
+    ".dcm": ("DICOM", 128, b"DICM", None),
+    ".dicom": ("DICOM", 128, b"DICM", None),
+}
+
+
+def image_problem(path: str | Path) -> str | None:
+    """Why ``path`` is not a readable image, from its first and last bytes only; ``None`` if it looks fine.
+
+    Finds missing, empty and foreign files (a wrong signature) and truncated PNG/JPEG files (no end
+    marker); damage in the middle of a file is found when it is decoded.
+
+    >>> import tempfile, pathlib
+    >>> bad = pathlib.Path(tempfile.mkdtemp()) / "x.png"
+    >>> _ = bad.write_bytes(b"not an image")
+    >>> image_problem(bad)
+    'not a PNG file (wrong signature)'
+    """
+    path = Path(path)
+    suffix = path.suffix.lower()
+    if suffix not in _SIGNATURES:
+        return f"unsupported image format {path.suffix!r}; expected one of {sorted(IMAGE_READERS)}"
+    name, offset, signature, end = _SIGNATURES[suffix]
+    try:
+        size = path.stat().st_size
+        if not path.is_file():
+            return "not a file"
+        with open(path, "rb") as fh:
+            head = fh.read(offset + len(signature))
+            fh.seek(max(0, size - 4096))
+            tail = fh.read()
+    except FileNotFoundError:
+        return "not found"
+    except OSError as exc:
+        return f"cannot be read ({exc.strerror or exc})"
+    if size == 0:
+        return "empty file"
+    if head[offset:] != signature:
+        return f"not a {name} file (wrong signature)"
+    if end is not None and end not in tail:
+        return f"truncated {name} file (no end marker)"
+    return None
+
+
+def image_problems(paths: Sequence[Path]) -> list[str | None]:
+    """:func:`image_problem` of every path (in threads: on a network file system the checks wait on I/O)."""
+    if len(paths) < 256:
+        return [image_problem(p) for p in paths]
+    with ThreadPoolExecutor(max_workers=min(32, 4 * (os.cpu_count() or 1))) as pool:
+        return list(pool.map(image_problem, paths, chunksize=64))
+
+
 def _transforms(image_size: int):
     from monai.transforms import Resize
 
@@ -210,21 +273,26 @@ class ImageDataset(Dataset):
             self.root = self.root.parent
         self.skip_bad_images = bool(skip_bad_images)
         paths = [Path(p) if Path(p).is_absolute() else self.root / p for p in manifest["path"]]
-        if self.skip_bad_images:
-            present = np.array([p.is_file() for p in paths], dtype=bool)
-        else:
-            check_images(manifest, self.root)
-            present = np.ones(len(paths), dtype=bool)
+        problems = image_problems(paths)
+        present = np.array([problem is None for problem in problems], dtype=bool)
         # (path, reason) of every image left out; ``rows`` maps item position → manifest row.
         self.skipped: list[tuple[str, str]] = [
-            (str(p), "not found") for p, ok in zip(paths, present, strict=True) if not ok
+            (str(p), problem) for p, problem in zip(paths, problems, strict=True) if problem is not None
         ]
+        if self.skipped and not self.skip_bad_images:
+            path, problem = self.skipped[0]
+            others = f"; {len(self.skipped) - 1} other image(s) too" if len(self.skipped) > 1 else ""
+            if problem == "not found":
+                raise InputError(
+                    f"image not found: {path} ({len(paths)} images expected under {self.root}{others})"
+                )
+            raise InputError(f"cannot read image {path}: {problem}{others}")
         if self.skipped:
             log.warning(
-                "%d of %d images not found and skipped (first: %s)",
+                "%d of %d images missing or unreadable and skipped (first: %s, %s)",
                 len(self.skipped),
                 len(paths),
-                self.skipped[0][0],
+                *self.skipped[0],
             )
         self.rows = np.flatnonzero(present)
         self.paths = [paths[i] for i in self.rows]

@@ -39,6 +39,7 @@ import numpy as np
 import pandas as pd
 
 from trustmed.errors import InputError
+from trustmed.io import read_csv
 
 __all__ = [
     "AGE_BINS",
@@ -155,10 +156,12 @@ def read_manifest(csv_path: str | Path, *, attributes: Sequence[str] = ()) -> pd
         path = path / "manifest.csv"
     if not path.is_file():
         raise InputError(f"manifest not found: {path}")
-    try:
-        df = pd.read_csv(path, dtype={"sample_id": str, "patient_id": str, "path": str, "split": str})
-    except (pd.errors.EmptyDataError, pd.errors.ParserError, UnicodeDecodeError) as exc:
-        raise InputError(f"{path}: not a readable CSV ({str(exc).splitlines()[0]})") from None
+    df = read_csv(
+        path,
+        what="manifest",
+        dtype={"sample_id": str, "patient_id": str, "path": str, "split": str},
+        allow_empty=True,
+    )
     df = validate_manifest(df, attributes=attributes, where=str(path))
     if "age" in df.columns and "age_bin" not in df.columns:
         df["age_bin"] = age_bins(df["age"])

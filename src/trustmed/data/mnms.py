@@ -32,7 +32,7 @@ import pandas as pd
 
 from trustmed.data.manifest import age_bins, validate_manifest
 from trustmed.errors import InputError
-from trustmed.io import atomic_write_bytes
+from trustmed.io import atomic_write_bytes, read_csv
 
 __all__ = ["INFO_CSV", "MNMS_COLUMNS", "SPLIT_FOLDERS", "extract_slices", "load_mnms", "read_volume"]
 
@@ -91,10 +91,7 @@ def load_mnms(root: str | Path, *, group_by: str = "vendor", require_images: boo
     root = Path(root)
     csv = _find_csv(root)
     base = csv.parent
-    try:
-        info = pd.read_csv(csv)
-    except (pd.errors.EmptyDataError, pd.errors.ParserError, UnicodeDecodeError) as exc:
-        raise InputError(f"{csv}: not a readable CSV ({str(exc).splitlines()[0]})") from None
+    info = read_csv(csv, allow_empty=True)
     info.columns = [str(c).strip() for c in info.columns]
     missing = [c for c in MNMS_COLUMNS if c not in info.columns]
     if missing:

@@ -19,6 +19,7 @@ import numpy as np
 import pandas as pd
 
 from trustmed.errors import InputError
+from trustmed.io import read_csv
 
 __all__ = [
     "GROUNDING_COLUMNS",
@@ -145,7 +146,7 @@ def load_mscxr(
     csv_path = Path(csv) if csv is not None else find_mscxr_csv(root)
     if not csv_path.is_file():
         raise InputError(f"MS-CXR CSV {csv_path}: not found")
-    df = pd.read_csv(csv_path)
+    df = read_csv(csv_path, allow_empty=True)
     missing = [c for c in MSCXR_COLUMNS if c not in df.columns]
     if missing:
         raise InputError(

@@ -27,6 +27,7 @@ from trustmed.data.chexpert import read_csv_checked
 from trustmed.data.manifest import age_bins, stratified_split, validate_manifest
 from trustmed.data.mscxr import GROUNDING_COLUMNS
 from trustmed.errors import InputError
+from trustmed.io import read_csv
 
 __all__ = ["FINDINGS", "load_nih", "load_nih_bbox"]
 
@@ -188,7 +189,7 @@ def load_nih_bbox(
     csv_path = Path(csv) if csv is not None else root / "BBox_List_2017.csv"
     if not csv_path.is_file():
         raise InputError(f"NIH BBox list {csv_path}: not found")
-    raw = pd.read_csv(csv_path)
+    raw = read_csv(csv_path, allow_empty=True)
     if raw.shape[1] < 6 or raw.columns[0] != "Image Index" or raw.columns[1] != "Finding Label":
         raise InputError(
             f"{csv_path}: expected columns 'Image Index', 'Finding Label', 'Bbox [x,y,w,h]' (4 columns); "

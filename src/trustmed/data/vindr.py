@@ -22,6 +22,7 @@ import pandas as pd
 
 from trustmed.data.mscxr import GROUNDING_COLUMNS
 from trustmed.errors import InputError
+from trustmed.io import read_csv
 
 __all__ = ["VINDR_COLUMNS", "VINDR_CLASSES", "load_vindr"]
 
@@ -76,7 +77,7 @@ def load_vindr(
     csv = root / "annotations" / f"annotations_{split}.csv"
     if not csv.is_file():
         raise InputError(f"VinDr-CXR annotations {csv}: not found")
-    df = pd.read_csv(csv)
+    df = read_csv(csv, allow_empty=True)
     missing = [c for c in VINDR_COLUMNS if c not in df.columns]
     if missing:
         raise InputError(f"{csv}: columns {', '.join(missing)} not found; available: {', '.join(df.columns)}")
@@ -101,7 +102,7 @@ def load_vindr(
     if sentences == "auto":
         sentences = root / "sentences.csv" if (root / "sentences.csv").is_file() else None
     if sentences is not None:
-        sent = pd.read_csv(sentences)
+        sent = read_csv(sentences, allow_empty=True)
         for r in sent.itertuples():
             if (r.image_id, r.class_name) not in boxes_of:
                 continue

@@ -22,6 +22,7 @@ import pandas as pd
 
 from trustmed.data.manifest import check_images, validate_manifest
 from trustmed.errors import InputError
+from trustmed.io import read_csv
 
 __all__ = ["SPLIT_CODES", "WATERBIRDS_COLUMNS", "group_names", "load_waterbirds"]
 
@@ -51,10 +52,7 @@ def load_waterbirds(root: str | Path, *, require_images: bool = False) -> pd.Dat
     csv = root if root.suffix == ".csv" else root / "metadata.csv"
     if not csv.is_file():
         raise InputError(f"Waterbirds metadata not found: {csv} (expected the dataset's metadata.csv)")
-    try:
-        meta = pd.read_csv(csv)
-    except (pd.errors.EmptyDataError, pd.errors.ParserError, UnicodeDecodeError) as exc:
-        raise InputError(f"{csv}: not a readable CSV ({str(exc).splitlines()[0]})") from None
+    meta = read_csv(csv, allow_empty=True)
     missing = [c for c in WATERBIRDS_COLUMNS if c not in meta.columns]
     if missing:
         raise InputError(

@@ -361,13 +361,11 @@ class GroupThresholds:
     @classmethod
     def load(cls, path: str | Path) -> GroupThresholds:
         """Read thresholds written by :meth:`save`; ``decide`` and ``probability`` work on any scores."""
-        import json
+        from trustmed.io import read_json
 
         path = Path(path)
-        if not path.is_file():
-            raise InputError(f"{path}: group thresholds file not found")
+        payload = read_json(path, what="group thresholds file")
         try:
-            payload = json.loads(path.read_text())
             rules = payload["rules"]
             out = cls(
                 payload.get("attribute"),
@@ -376,7 +374,7 @@ class GroupThresholds:
                 seed=int(payload.get("seed", 0)),
             )
             out._rules = {str(g): _plain_rule(r) for g, r in rules.items()}
-        except (ValueError, KeyError, TypeError, IndexError) as err:
+        except (ValueError, KeyError, TypeError, IndexError, AttributeError) as err:
             raise InputError(f"{path}: not a group thresholds file ({type(err).__name__}: {err})") from None
         for g, r in out._rules.items():
             ops = {r["operation0"][0], r["operation1"][0]}

@@ -245,9 +245,13 @@ class GroupDistiller:
         accelerator=None,
         checkpoint_dir: str | Path | None = None,
         resume: bool = False,
+        fingerprint: str | None = None,
         description: str | None = None,
     ) -> GroupDistiller:
-        """Train ``student`` on ``train_loader``; evaluate on ``val_loader`` after every epoch."""
+        """Train ``student`` on ``train_loader``; evaluate on ``val_loader`` after every epoch.
+
+        ``checkpoint_dir``, ``resume`` and ``fingerprint`` are those of :func:`trustmed.train.fit`.
+        """
         if self.method in _NEEDS_TEACHER and teacher is None:
             raise InputError(f"method {self.method!r} needs a teacher checkpoint")
         if self.select not in ("acc_wg", "acc_avg"):
@@ -297,6 +301,7 @@ class GroupDistiller:
             checkpoint_dir=checkpoint_dir,
             resume=resume,
             stateful=[loss] if isinstance(loss, GroupDistilLoss) else None,
+            fingerprint=fingerprint,
             description=description or self.method,
         )
         self.model_ = accelerator.unwrap_model(student)

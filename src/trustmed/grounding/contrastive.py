@@ -266,19 +266,15 @@ class ContrastiveModel(nn.Module):
     @classmethod
     def load(cls, folder: str | Path) -> ContrastiveModel:
         """Load a folder written by :meth:`save` (eval mode, on the CPU)."""
-        from safetensors import SafetensorError
-        from safetensors.torch import load_file
-
         from trustmed.grounding.ldm import _transformers
+        from trustmed.io import read_json, read_tensors, refuse_pickles
 
         folder = Path(folder)
         meta_path = folder / "config.json"
         if not meta_path.is_file():
             raise InputError(f"{meta_path}: not found (expected a contrastive grounding model folder)")
-        try:
-            meta = json.loads(meta_path.read_text())
-        except json.JSONDecodeError:
-            raise InputError(f"{meta_path}: not valid JSON") from None
+        refuse_pickles(folder, what="trustmed model folder")
+        meta = read_json(meta_path, what="model config")
         if not isinstance(meta, dict) or meta.get("format") != _FORMAT:
             raise InputError(f"{meta_path}: not a contrastive grounding model (format {_FORMAT!r} expected)")
         try:
@@ -298,8 +294,8 @@ class ContrastiveModel(nn.Module):
             raise InputError(f"{weights}: not found (the model folder is missing its weights)")
         model = cls(config, tokenizer)
         try:
-            model.load_state_dict(load_file(weights))
-        except (RuntimeError, SafetensorError):
+            model.load_state_dict(read_tensors(weights))
+        except RuntimeError:
             raise InputError(f"{weights}: weights do not match the config in {meta_path}") from None
         return model.eval()
 

@@ -211,15 +211,13 @@ def build_monai_networks(autoencoder_def: dict, network_def: dict) -> tuple[nn.M
 
 
 def _read_weights(path_stem: Path) -> dict[str, torch.Tensor]:
+    """``<stem>.safetensors``, else a ``.pt``/``.pth`` state dict read with ``weights_only=True``."""
+    from trustmed.io import read_tensors
+
     for ext in (".safetensors", ".pt", ".pth"):
         path = path_stem.with_suffix(ext)
         if path.is_file():
-            if ext == ".safetensors":
-                from safetensors.torch import load_file
-
-                return {k: v.float() for k, v in load_file(path).items()}
-            state = torch.load(path, map_location="cpu", weights_only=True)
-            return state.get("state_dict", state) if isinstance(state, dict) else state
+            return {k: v.float() for k, v in read_tensors(path).items()}
     raise InputError(
         f"{path_stem}.safetensors (or .pt/.pth) not found: the model folder is missing a component"
     )
@@ -245,10 +243,12 @@ def _load_text(folder: Path):
     try:
         tokenizer = tf.AutoTokenizer.from_pretrained(folder / "tokenizer", local_files_only=True)
         text_encoder = tf.CLIPTextModel.from_pretrained(folder / "text_encoder", local_files_only=True)
-    except (OSError, ValueError) as exc:
-        raise InputError(
-            f"{folder}: cannot load text encoder/tokenizer: {str(exc).splitlines()[0]}"
-        ) from None
+    except Exception as exc:  # transformers raises many types for a missing or damaged file
+        if isinstance(exc, InputError):
+            raise
+        from trustmed.io import first_line
+
+        raise InputError(f"{folder}: cannot load text encoder/tokenizer: {first_line(exc)}") from None
     return tokenizer, text_encoder.eval()
 
 
@@ -258,13 +258,14 @@ def load_monai_folder(folder: str | Path) -> LDM:
     cfg_path = folder / "configs" / "inference.json"
     if not cfg_path.is_file():
         raise InputError(f"{cfg_path}: not found (expected a MONAI bundle-style LDM folder)")
-    try:
-        cfg = json.loads(cfg_path.read_text())
-    except json.JSONDecodeError as exc:
-        raise InputError(f"{cfg_path}: not valid JSON ({exc})") from None
+    from trustmed.io import read_json
+
+    cfg = read_json(cfg_path, what="model config")
+    if not isinstance(cfg, dict):
+        raise InputError(f"{cfg_path}: expected a JSON object")
     for key in ("autoencoder_def", "network_def"):
-        if key not in cfg:
-            raise InputError(f"{cfg_path}: key '{key}' not found")
+        if not isinstance(cfg.get(key), dict):
+            raise InputError(f"{cfg_path}: key '{key}' not found (or not an object)")
     ae, unet = build_monai_networks(cfg["autoencoder_def"], cfg["network_def"])
     _load_into(ae, _read_weights(folder / "models" / "autoencoder"), folder / "models" / "autoencoder")
     _load_into(

@@ -437,8 +437,12 @@ class TunedPrompt(nn.Module):
 
     @classmethod
     def load(cls, path: str | Path) -> TunedPrompt:
-        """Read a tuned prompt from its folder, its ``.safetensors`` or its ``.json`` file."""
-        from safetensors.torch import load_file
+        """Read a tuned prompt from its folder, its ``.safetensors`` or its ``.json`` file.
+
+        A missing, truncated or damaged file, or a pickle-format file in the folder, is an
+        :class:`InputError` naming the file.
+        """
+        from trustmed.io import check_finite, read_json, read_tensors, refuse_pickles
 
         path = Path(path)
         folder = path if path.is_dir() else path.parent
@@ -448,13 +452,13 @@ class TunedPrompt(nn.Module):
         for p in (weights, meta_path):
             if not p.is_file():
                 raise InputError(f"tuned prompt {p}: not found")
-        try:
-            meta = json.loads(meta_path.read_text())
-        except json.JSONDecodeError as exc:
-            raise InputError(f"{meta_path}: not valid JSON ({exc})") from None
-        if meta.get("format") != "trustmed-tuned-prompt":
-            raise InputError(f"{meta_path}: not a trustmed tuned prompt (format={meta.get('format')!r})")
-        tensors = load_file(weights)
+        refuse_pickles(folder, what="tuned-prompt folder")
+        meta = read_json(meta_path, what="tuned prompt")
+        if not isinstance(meta, dict) or meta.get("format") != "trustmed-tuned-prompt":
+            fmt = meta.get("format") if isinstance(meta, dict) else None
+            raise InputError(f"{meta_path}: not a trustmed tuned prompt (format={fmt!r})")
+        tensors = read_tensors(weights, what="tuned prompt")
+        check_finite(tensors, weights)
         if "ctx" not in tensors:
             raise InputError(f"{weights}: no 'ctx' tensor")
         ctx = tensors["ctx"]
@@ -464,7 +468,10 @@ class TunedPrompt(nn.Module):
                 f"do not match n_ctx={meta.get('n_ctx')}"
             )
         deep = tensors.get("deep_ctx")
-        depth = int(meta.get("depth", 1))
+        try:
+            depth = int(meta.get("depth", 1))
+        except (TypeError, ValueError):
+            raise InputError(f"{meta_path}: depth must be an integer, got {meta.get('depth')!r}") from None
         if (deep is None) != (depth == 1) or (
             deep is not None and tuple(deep.shape) != (depth - 1, *ctx.shape)
         ):

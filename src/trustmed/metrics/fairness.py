@@ -603,6 +603,7 @@ def fairness_report(
     ci: tuple[float, float] = (0.025, 0.975),
     seed: int = 0,
     attribute: str | None = None,
+    min_group_size: int = 30,
 ) -> dict[str, Any]:
     """Every fairness metric with a percentile-bootstrap CI, in the ``metrics.json`` layout.
 
@@ -627,13 +628,17 @@ def fairness_report(
         Seed of the resampling; the same inputs and seed give the same intervals.
     attribute
         Name of the attribute, written to the report.
+    min_group_size
+        Groups with fewer predictions are flagged ``"small": true`` and named in one warning;
+        their numbers and CIs are still computed.
 
     Returns
     -------
     dict
-        ``task``, ``attribute``, ``threshold``, ``n_boot``, ``overall``, ``groups``, ``gaps``,
-        ``warnings``. Every number is ``{"value": v, "ci": [lo, hi]}`` (undefined numbers are
-        ``nan``); ``n`` and ``n_pos`` are plain counts.
+        ``task``, ``attribute``, ``threshold``, ``n_boot``, ``min_group_size``, ``overall``,
+        ``groups``, ``gaps``, ``warnings``. Every number is ``{"value": v, "ci": [lo, hi]}``
+        (undefined numbers are ``nan``); ``n`` and ``n_pos`` are plain counts; every group has
+        ``small``.
 
     Raises
     ------
@@ -643,6 +648,8 @@ def fairness_report(
     """
     if not isinstance(n_boot, int | np.integer) or isinstance(n_boot, bool) or n_boot < 0:
         raise InputError(f"n_boot must be a non-negative integer, got {n_boot!r}")
+    if not isinstance(min_group_size, int | np.integer) or min_group_size < 1:
+        raise InputError(f"min_group_size must be a positive integer, got {min_group_size!r}")
     lo_q, hi_q = (float(q) for q in ci)
     if not 0.0 <= lo_q < hi_q <= 1.0:
         raise InputError(f"ci must be two quantiles 0 <= lo < hi <= 1, got {ci!r}")
@@ -652,7 +659,19 @@ def fairness_report(
     boot = _bootstrap(layout, int(n_boot), seed) if n_boot > 0 else None
     quantiles = (lo_q, hi_q)
 
-    warnings = _undefined_warnings(point, names)
+    counts = point["groups"]["n"][0]
+    small = [
+        f"'{name}' ({int(round(n))})" for name, n in zip(names, counts, strict=True) if n < min_group_size
+    ]
+    warnings = (
+        [
+            f"small group(s) with fewer than {min_group_size} predictions: {', '.join(small)}; their "
+            "numbers and CIs rest on few predictions"
+        ]
+        if small
+        else []
+    )
+    warnings += _undefined_warnings(point, names)
     if boot is not None:
         warnings += _replicate_warnings(point, boot, names, int(n_boot))
     for message in warnings:
@@ -662,9 +681,13 @@ def fairness_report(
         "attribute": attribute,
         "threshold": float(threshold),
         "n_boot": int(n_boot),
+        "min_group_size": int(min_group_size),
         "overall": _block(point["overall"], None if boot is None else boot["overall"], None, quantiles),
         "groups": {
-            name: _block(point["groups"], None if boot is None else boot["groups"], i, quantiles)
+            name: {
+                **_block(point["groups"], None if boot is None else boot["groups"], i, quantiles),
+                "small": bool(counts[i] < min_group_size),
+            }
             for i, name in enumerate(names)
         },
         "gaps": {

@@ -27,7 +27,14 @@ from pydantic import BaseModel, ConfigDict, ValidationError
 from torch import nn
 
 from trustmed.errors import InputError
-from trustmed.io import atomic_write_bytes, atomic_write_text
+from trustmed.io import (
+    atomic_write_bytes,
+    atomic_write_text,
+    check_finite,
+    read_json,
+    read_tensors,
+    refuse_pickles,
+)
 
 __all__ = [
     "ARCHITECTURES",
@@ -145,22 +152,34 @@ def save_checkpoint(model: nn.Module, spec: ModelSpec, out_dir: str | Path, **me
 
 
 def load_checkpoint(path: str | Path) -> tuple[Classifier, ModelSpec, dict[str, Any]]:
-    """Load a checkpoint directory (or its ``model.safetensors``) → ``(model, spec, metadata)``."""
-    from safetensors.torch import load_file
+    """Load a checkpoint directory (or its ``model.safetensors``) → ``(model, spec, metadata)``.
 
+    A missing, truncated or damaged file, weights that do not fit the spec or are not finite, and a
+    pickle-format file in the folder are each an :class:`InputError` naming the file.
+    """
     path = Path(path)
     ckpt_dir = path.parent if path.suffix == ".safetensors" else path
+    if not ckpt_dir.is_dir():
+        raise InputError(f"checkpoint folder not found: {ckpt_dir}")
+    refuse_pickles(ckpt_dir, what="trustmed checkpoint folder")
     weights, meta_file = ckpt_dir / "model.safetensors", ckpt_dir / "model.json"
     for required in (weights, meta_file):
         if not required.is_file():
             raise InputError(f"checkpoint file not found: {required}")
+    payload = read_json(meta_file, what="model.json")
     try:
-        payload = json.loads(meta_file.read_text())
         spec = ModelSpec(**payload["spec"])
-    except (json.JSONDecodeError, KeyError, TypeError, ValidationError) as exc:
+        metadata = payload.get("metadata", {})
+        if not isinstance(metadata, dict):
+            raise TypeError("'metadata' is not a mapping")
+    except (KeyError, TypeError, AttributeError, ValidationError) as exc:
         raise InputError(f"{meta_file}: not a trustmed model.json ({str(exc).splitlines()[0]})") from None
-    model = build_model(spec)
-    state = load_file(str(weights))
+    try:
+        model = build_model(spec)
+    except (RuntimeError, ValueError) as exc:
+        raise InputError(f"{meta_file}: the model spec does not build ({str(exc).splitlines()[0]})") from None
+    state = read_tensors(weights)
+    check_finite(state, weights)
     expected = model.state_dict()
     mismatched = [k for k in expected if k not in state or state[k].shape != expected[k].shape]
     unexpected = [k for k in state if k not in expected]
@@ -171,4 +190,4 @@ def load_checkpoint(path: str | Path) -> tuple[Classifier, ModelSpec, dict[str, 
             f"(arch={spec.arch!r}; first mismatching tensor: {first!r})"
         )
     model.load_state_dict(state)
-    return model, spec, payload.get("metadata", {})
+    return model, spec, metadata

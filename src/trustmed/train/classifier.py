@@ -17,8 +17,6 @@ default); ``resume=True`` continues from it and ends with the same weights as an
 
 from __future__ import annotations
 
-import hashlib
-import json
 import logging
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -29,7 +27,7 @@ import pandas as pd
 import torch
 from pydantic import Field, model_validator
 
-from trustmed.config import Config
+from trustmed.config import Config, config_fingerprint
 from trustmed.data import load_dataset
 from trustmed.data.images import make_loader
 from trustmed.errors import InputError
@@ -156,14 +154,18 @@ def _forward(model: torch.nn.Module, batch: dict[str, torch.Tensor]) -> dict[str
     return {"score": torch.sigmoid(logits), "logit": logits, "index": batch["index"].float()}
 
 
-def _predict_loader(model: torch.nn.Module, loader, accelerator=None) -> tuple[np.ndarray, np.ndarray]:
-    """Scores and logits in manifest-row order; rows whose image was skipped get NaN."""
+def _predict_loader(
+    model: torch.nn.Module, loader, accelerator=None
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Scores, logits and which rows were predicted, in manifest-row order; skipped rows get NaN."""
     out = predict(model, loader, _forward, accelerator=accelerator)
     scores = np.full(loader.dataset.n_rows, np.nan)
     logits = np.full(loader.dataset.n_rows, np.nan)
     index = out["index"].numpy().astype(np.int64)
     scores[index], logits[index] = out["score"].numpy(), out["logit"].numpy()
-    return scores, logits
+    predicted = np.zeros(loader.dataset.n_rows, dtype=bool)
+    predicted[index] = True
+    return scores, logits, predicted
 
 
 def predict_scores(
@@ -179,7 +181,8 @@ def predict_scores(
 ) -> np.ndarray:
     """Sigmoid scores of a binary classifier for every row of ``manifest``, in row order.
 
-    With ``skip_bad_images``, rows whose image is missing or unreadable get NaN.
+    With ``skip_bad_images``, rows whose image is missing or unreadable get NaN. A model whose
+    output is NaN or infinite for a readable image is an :class:`InputError`.
     """
     loader = make_loader(
         manifest,
@@ -191,7 +194,14 @@ def predict_scores(
         cache=False,
         skip_bad_images=skip_bad_images,
     )
-    return _predict_loader(model, loader, accelerator)[0]
+    scores, logits, predicted = _predict_loader(model, loader, accelerator)
+    bad = predicted & ~np.isfinite(logits)
+    if bad.any():
+        raise InputError(
+            f"the model's output is NaN or infinite for {int(bad.sum())} of {int(predicted.sum())} images "
+            f"(first: {manifest['sample_id'].iloc[int(np.flatnonzero(bad)[0])]}); are its weights finite?"
+        )
+    return scores
 
 
 def prediction_table(
@@ -230,23 +240,6 @@ def _optimizer(cfg: OptimSection, params) -> torch.optim.Optimizer:
         return torch.optim.SGD(params, lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay)
     cls = torch.optim.AdamW if cfg.name == "adamw" else torch.optim.Adam
     return cls(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
-
-
-def _config_fingerprint(cfg: TrainConfig) -> str:
-    return hashlib.sha256(json.dumps(cfg.model_dump(mode="json"), sort_keys=True).encode()).hexdigest()
-
-
-def _prepare_checkpoints(ckpt: Path, cfg: TrainConfig, resume: bool) -> None:
-    marker = ckpt / "config.json"
-    if resume and marker.is_file():
-        saved = json.loads(marker.read_text()).get("fingerprint")
-        if saved != _config_fingerprint(cfg):
-            raise InputError(
-                f"--resume: the checkpoint in {ckpt} was made with a different config; rerun without --resume"
-            )
-    elif resume:
-        log.warning("--resume: no checkpoint in %s, starting from scratch", ckpt)
-    write_json(marker, {"fingerprint": _config_fingerprint(cfg), "config": cfg.model_dump(mode="json")})
 
 
 def train_classifier(
@@ -316,14 +309,13 @@ def train_classifier(
         )
 
     def evaluate(m: torch.nn.Module) -> dict[str, float]:
-        scores, logits = _predict_loader(m, val_loader, accelerator)
+        scores, logits, _ = _predict_loader(m, val_loader, accelerator)
         ok = ~np.isnan(scores)
         bce = torch.nn.functional.binary_cross_entropy_with_logits(
             torch.from_numpy(logits[ok]), torch.tensor(val_labels[ok], dtype=torch.float64)
         )
         return {"val_auc": _auc(val_labels[ok], scores[ok]), "val_loss": float(bce)}
 
-    _prepare_checkpoints(ckpt, cfg, resume)
     result = fit(
         model,
         optimizer,
@@ -338,6 +330,7 @@ def train_classifier(
         checkpoint_dir=ckpt,
         resume=resume,
         stateful=[_GeneratorState(train_loader.generator)],
+        fingerprint=config_fingerprint(cfg),
         description="train",
     )
     model = accelerator.unwrap_model(model).cpu().eval()

@@ -19,7 +19,6 @@ True
 from __future__ import annotations
 
 import copy
-import io
 import json
 import logging
 import shutil
@@ -30,9 +29,11 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from torch import nn
 
-from trustmed.io import atomic_write_bytes, atomic_write_text
+from trustmed.errors import InputError
+from trustmed.io import atomic_write_text
 from trustmed.progress import track
 
 __all__ = ["FitResult", "fit", "predict", "make_accelerator"]
@@ -93,27 +94,92 @@ def _batch_size(batch: Any) -> int:
     return 0
 
 
+CHECKPOINT_FORMAT = 2
+"""Version of the loop's checkpoint layout (1 was accelerate's ``save_state``, which pickles)."""
+
+
 def _state_path(checkpoint_dir: Path) -> Path:
     return checkpoint_dir / "loop_state.json"
 
 
-def _save_checkpoint(accelerator, ckpt: Path, epoch: int, best_state, result: FitResult) -> None:
+def _rng_state() -> dict[str, Any]:
+    import random
+
+    import numpy as np
+
+    state: dict[str, Any] = {
+        "python": random.getstate(),
+        "numpy": np.random.get_state(),
+        "torch": torch.get_rng_state(),
+    }
+    if torch.cuda.is_available():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def _set_rng_state(state: Mapping[str, Any]) -> None:
+    import random
+
+    import numpy as np
+
+    random.setstate(state["python"])
+    np.random.set_state(state["numpy"])
+    torch.set_rng_state(state["torch"])
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])
+
+
+def _parts(optimizer, scheduler, stateful: list, accelerator) -> dict[str, Any]:
+    """Everything besides the model and the RNGs that a resumed run needs, by file name."""
+    parts: dict[str, Any] = {"optimizer": optimizer}
+    if scheduler is not None:
+        parts["scheduler"] = scheduler
+    for i, obj in enumerate(stateful):
+        parts[f"stateful_{i}"] = obj
+    if getattr(accelerator, "scaler", None) is not None:
+        parts["scaler"] = accelerator.scaler
+    return parts
+
+
+def _clear_checkpoints(ckpt: Path) -> None:
+    """Remove the loop state of an earlier run from ``ckpt`` (only what the loop writes there)."""
+    _state_path(ckpt).unlink(missing_ok=True)
+    for old in ckpt.glob("epoch_*"):
+        shutil.rmtree(old, ignore_errors=True)
+    for tmp in ckpt.glob(".*.tmp"):
+        tmp.unlink(missing_ok=True)
+
+
+def _save_checkpoint(
+    accelerator, ckpt: Path, epoch: int, model, parts: dict, best_state, result: FitResult, fingerprint
+) -> None:
     """Save the loop state so that a kill at any instant leaves a loadable checkpoint.
 
-    The state goes to a new ``epoch_<n>`` folder; only then is ``loop_state.json`` atomically
-    pointed at it, and older folders are removed. ``best.pt`` is replaced atomically too.
+    Every file is a safetensors file (:func:`trustmed.io.write_state`) in a new ``epoch_<n>``
+    folder; only when all are written is ``loop_state.json`` atomically pointed at that folder,
+    with each file's SHA-256, and older folders are removed.
     """
-    state_dir = f"epoch_{epoch:04d}"
-    accelerator.save_state(str(ckpt / state_dir))
+    from trustmed.io import file_sha256, write_state
+
+    state_dir = ckpt / f"epoch_{epoch:04d}"
+    state_dir.mkdir(parents=True, exist_ok=True)
+    write_state(state_dir / f"rng_{accelerator.process_index}.safetensors", _rng_state())
+    if accelerator.is_main_process:
+        write_state(state_dir / "model.safetensors", accelerator.unwrap_model(model).state_dict())
+        for name, obj in parts.items():
+            write_state(state_dir / f"{name}.safetensors", obj.state_dict())
+        if best_state is not None:
+            write_state(state_dir / "best.safetensors", best_state)
+    accelerator.wait_for_everyone()
     if not accelerator.is_main_process:
         return
-    if best_state is not None:
-        buffer = io.BytesIO()
-        torch.save(best_state, buffer)
-        atomic_write_bytes(ckpt / "best.pt", buffer.getvalue())
     state = {
+        "format": CHECKPOINT_FORMAT,
         "epoch": epoch,
-        "state_dir": state_dir,
+        "state_dir": state_dir.name,
+        "processes": accelerator.num_processes,
+        "files": {p.name: file_sha256(p) for p in sorted(state_dir.iterdir()) if p.is_file()},
+        "fingerprint": fingerprint,
         "history": result.history,
         "best_epoch": result.best_epoch,
         "best_score": result.best_score,
@@ -122,8 +188,107 @@ def _save_checkpoint(accelerator, ckpt: Path, epoch: int, best_state, result: Fi
     }
     atomic_write_text(_state_path(ckpt), json.dumps(state))
     for old in ckpt.glob("epoch_*"):
-        if old.name != state_dir:
+        if old.name != state_dir.name:
             shutil.rmtree(old, ignore_errors=True)
+
+
+class _LoopState(BaseModel):
+    """``loop_state.json``: which epoch folder holds the state, its files' hashes, and the history."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    format: int
+    epoch: int = Field(ge=1)
+    state_dir: str = Field(pattern=r"^epoch_\d{4,}$")
+    processes: int = Field(ge=1)
+    files: dict[str, str]
+    fingerprint: str | None = None
+    history: list[dict[str, int | float | None]]
+    best_epoch: int | None = None
+    best_score: float | None = None
+    samples_seen: int = Field(ge=0)
+    parameter_updates: int = Field(ge=0)
+
+
+def _read_loop_state(ckpt: Path, fingerprint: str | None) -> _LoopState:
+    from trustmed.io import read_json
+
+    path = _state_path(ckpt)
+    raw = read_json(path, what="loop state")
+    if isinstance(raw, dict) and raw.get("format") != CHECKPOINT_FORMAT:
+        raise InputError(
+            f"{path}: a checkpoint in an older format (accelerate's pickles), which trustmed no longer "
+            "loads; rerun without --resume"
+        )
+    try:
+        saved = _LoopState.model_validate(raw)
+    except ValidationError as err:
+        first = err.errors()[0]
+        key = ".".join(str(p) for p in first["loc"]) or "(top level)"
+        raise InputError(f"{path}: not a trustmed loop state ({key}: {first['msg'].lower()})") from None
+    if fingerprint is not None and saved.fingerprint != fingerprint:
+        raise InputError(
+            f"--resume: the checkpoint in {ckpt} was made with a different config; rerun without --resume"
+        )
+    return saved
+
+
+def _verified_files(ckpt: Path, saved: _LoopState, needed: list[str]) -> Path:
+    """The epoch folder of ``saved``, once every file in it is known, present and unchanged."""
+    from trustmed.io import PICKLE_SUFFIXES, file_sha256
+
+    state_dir = ckpt / saved.state_dir
+    if not state_dir.is_dir():
+        raise InputError(f"{state_dir}: not found, but {_state_path(ckpt)} points to it")
+    for item in sorted(ckpt.iterdir()):
+        if item.suffix.lower() in PICKLE_SUFFIXES:
+            raise InputError(f"{item}: a pickle-format file in the checkpoint folder; it is never loaded")
+    for item in sorted(state_dir.iterdir()):
+        if item.name not in saved.files and not item.name.endswith(".tmp"):
+            raise InputError(
+                f"{item}: not a file this checkpoint was saved with (only safetensors files are; "
+                "a pickle is never loaded)"
+            )
+    for name in [*needed, *saved.files]:
+        path = state_dir / name
+        if name not in saved.files or not path.is_file():
+            raise InputError(f"{path}: missing from the checkpoint")
+        if file_sha256(path) != saved.files[name]:
+            raise InputError(f"{path}: damaged (its SHA-256 differs from the one in {_state_path(ckpt)})")
+    return state_dir
+
+
+def _load_into(obj, path: Path) -> None:
+    from trustmed.io import read_state
+
+    state = read_state(path)
+    try:
+        obj.load_state_dict(state)
+    except (RuntimeError, KeyError, ValueError, TypeError, IndexError, AttributeError) as exc:
+        raise InputError(f"{path}: does not fit this run ({str(exc).splitlines()[0][:160]})") from None
+
+
+def _resume(accelerator, ckpt: Path, model, parts: dict, result: FitResult, fingerprint) -> tuple[int, Any]:
+    """Load the saved loop state into the run; return the epoch to start from and the best weights."""
+    from trustmed.io import read_state
+
+    saved = _read_loop_state(ckpt, fingerprint)
+    rng = f"rng_{accelerator.process_index}.safetensors"
+    needed = ["model.safetensors", rng, *(f"{name}.safetensors" for name in parts)]
+    state_dir = _verified_files(ckpt, saved, needed)
+    _load_into(accelerator.unwrap_model(model), state_dir / "model.safetensors")
+    for name, obj in parts.items():
+        _load_into(obj, state_dir / f"{name}.safetensors")
+    best_state = read_state(state_dir / "best.safetensors") if "best.safetensors" in saved.files else None
+    try:
+        _set_rng_state(read_state(state_dir / rng))
+    except (KeyError, TypeError, ValueError, RuntimeError) as exc:
+        raise InputError(f"{state_dir / rng}: not a random-state file ({exc})") from None
+    result.history = [dict(row) for row in saved.history]
+    result.best_epoch, result.best_score = saved.best_epoch, saved.best_score
+    result.samples_seen, result.parameter_updates = saved.samples_seen, saved.parameter_updates
+    log.info("resumed from %s at epoch %d", ckpt, saved.epoch)
+    return saved.epoch, best_state
 
 
 def fit(
@@ -142,6 +307,7 @@ def fit(
     checkpoint_dir: str | Path | None = None,
     resume: bool = False,
     stateful: list | None = None,
+    fingerprint: str | None = None,
     description: str = "train",
 ) -> FitResult:
     """Train ``model`` for ``epochs`` epochs and keep the weights of the best validation epoch.
@@ -153,10 +319,15 @@ def fit(
     select, mode : key of ``evaluate``'s dict to select the epoch by, and ``"max"`` or ``"min"``.
         With no ``select``, the last epoch is kept.
     grad_hook : called after ``backward`` and before ``optimizer.step`` (e.g. to mask gradients).
-    checkpoint_dir, resume : the loop state (model, optimiser, RNG, ``stateful`` objects, best
-        weights, history) is saved there after every epoch with ``accelerator.save_state``;
-        ``resume=True`` continues from it.
-    stateful : extra objects with ``state_dict``/``load_state_dict`` saved with the checkpoint.
+    checkpoint_dir, resume : the loop state (model, optimiser, scheduler, RNGs, ``stateful``
+        objects, best weights, history) is saved there after every epoch, as safetensors files and
+        JSON (never a pickle); ``resume=True`` continues from it, ``resume=False`` first removes
+        an earlier run's state from it. A damaged, foreign or incomplete checkpoint is an
+        :class:`~trustmed.errors.InputError` naming the file.
+    stateful : extra objects with ``state_dict``/``load_state_dict`` saved with the checkpoint
+        (tensors, numbers, strings and containers of them).
+    fingerprint : identifies the run's settings; resuming a checkpoint saved with another one is
+        refused.
     """
     if mode not in ("max", "min"):
         raise ValueError(f"mode must be 'max' or 'min', got {mode!r}")
@@ -164,22 +335,19 @@ def fit(
     model, optimizer, loader = accelerator.prepare(model, optimizer, loader)
     if scheduler is not None:
         scheduler = accelerator.prepare(scheduler)
-    for obj in stateful or []:
-        accelerator.register_for_checkpointing(obj)
+    parts = _parts(optimizer, scheduler, list(stateful or []), accelerator)
     result = FitResult()
     start_epoch = 0
     best_state: dict[str, torch.Tensor] | None = None
     ckpt = Path(checkpoint_dir) if checkpoint_dir is not None else None
-    if resume and ckpt is not None and _state_path(ckpt).is_file():
-        saved = json.loads(_state_path(ckpt).read_text())
-        accelerator.load_state(str(ckpt / saved["state_dir"]))
-        start_epoch = saved["epoch"]
-        result.history = saved["history"]
-        result.best_epoch, result.best_score = saved["best_epoch"], saved["best_score"]
-        result.samples_seen, result.parameter_updates = saved["samples_seen"], saved["parameter_updates"]
-        if (ckpt / "best.pt").is_file():
-            best_state = torch.load(ckpt / "best.pt", weights_only=True)
-        log.info("resumed from %s at epoch %d", ckpt, start_epoch)
+    if ckpt is not None and resume and _state_path(ckpt).is_file():
+        start_epoch, best_state = _resume(accelerator, ckpt, model, parts, result, fingerprint)
+    elif ckpt is not None:
+        if resume:
+            log.warning("--resume: no checkpoint in %s, starting from scratch", ckpt)
+        if accelerator.is_main_process:
+            _clear_checkpoints(ckpt)
+        accelerator.wait_for_everyone()
     n_trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
     t0 = time.perf_counter()
     for epoch in track(range(start_epoch, epochs), description=description, total=epochs - start_epoch):
@@ -217,7 +385,7 @@ def fit(
                 result.best_score, result.best_epoch = score, epoch + 1
                 best_state = copy.deepcopy(accelerator.unwrap_model(model).state_dict())
         if ckpt is not None:
-            _save_checkpoint(accelerator, ckpt, epoch + 1, best_state, result)
+            _save_checkpoint(accelerator, ckpt, epoch + 1, model, parts, best_state, result, fingerprint)
     accelerator.wait_for_everyone()
     unwrapped = accelerator.unwrap_model(model)
     if best_state is not None:

@@ -14,7 +14,6 @@ into one folder; :func:`load_anm` reads it back.
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -200,15 +199,41 @@ def save_anm(data: ANMDataset, out: str | Path) -> Path:
     return out
 
 
+def _load_array(path: Path) -> np.ndarray:
+    """A numeric ``.npy`` array (never a pickled object array); a damaged file is an ``InputError``."""
+    try:
+        array = np.load(path, allow_pickle=False)
+    except (ValueError, OSError, EOFError) as exc:
+        raise InputError(f"{path}: not a readable .npy array ({str(exc).splitlines()[0]})") from None
+    if not isinstance(array, np.ndarray) or not np.issubdtype(array.dtype, np.number):
+        raise InputError(f"{path}: expected a numeric array, got {getattr(array, 'dtype', type(array))}")
+    return array
+
+
 def load_anm(folder: str | Path) -> ANMDataset:
     """Read a folder written by :func:`save_anm` (or by the Pendulum generator)."""
+    from trustmed.io import read_json
+
     folder = Path(folder)
     if not (folder / "x.npy").is_file():
         raise InputError(f"{folder}: no x.npy found; expected a folder written by 'trustmed causal synth-*'")
-    x = np.load(folder / "x.npy", allow_pickle=False)
-    z = np.load(folder / "z.npy", allow_pickle=False) if (folder / "z.npy").is_file() else None
+    x = _load_array(folder / "x.npy")
+    z = _load_array(folder / "z.npy") if (folder / "z.npy").is_file() else None
+    if z is not None and (z.ndim != 2 or len(z) != len(x)):
+        raise InputError(f"{folder}/z.npy: expected one row of latents per row of x.npy, got shape {z.shape}")
     adj = None
     if (folder / "adjacency.csv").is_file():
-        adj = np.loadtxt(folder / "adjacency.csv", delimiter=",", dtype=int, ndmin=2)
-    meta = json.loads((folder / "meta.json").read_text()) if (folder / "meta.json").is_file() else {}
+        try:
+            adj = np.loadtxt(folder / "adjacency.csv", delimiter=",", dtype=int, ndmin=2)
+        except ValueError as exc:
+            raise InputError(
+                f"{folder}/adjacency.csv: not a 0/1 matrix ({str(exc).splitlines()[0]})"
+            ) from None
+        if z is not None and adj.shape != (z.shape[1], z.shape[1]):
+            raise InputError(
+                f"{folder}/adjacency.csv: shape {adj.shape} does not match z.npy's {z.shape[1]} latents"
+            )
+    meta = read_json(folder / "meta.json", what="meta.json") if (folder / "meta.json").is_file() else {}
+    if not isinstance(meta, dict):
+        raise InputError(f"{folder}/meta.json: expected a JSON object")
     return ANMDataset(x=x, z=z, adjacency=adj, order=list(meta.get("order", [])), meta=meta)
