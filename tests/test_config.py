@@ -58,3 +58,31 @@ def test_missing_and_invalid_files(tmp_path):
     bad.write_text("- a\n- b\n")
     with pytest.raises(InputError, match="mapping"):
         load_config(Run, bad)
+
+
+def test_duplicate_yaml_keys_are_refused_with_their_lines(tmp_path):
+    cfg_file = tmp_path / "c.yaml"
+    cfg_file.write_text("seed: 1\noptim:\n  lr: 0.5\n  lr: 0.1\n")
+    with pytest.raises(InputError, match=r"c.yaml: key 'lr' appears twice \(lines 3 and 4\)"):
+        load_config(Run, cfg_file)
+    cfg_file.write_text("seed: 1\noptim:\n  lr: 0.5\nseed: 2\n")
+    with pytest.raises(InputError, match=r"key 'seed' appears twice \(lines 1 and 4\)"):
+        load_config(Run, cfg_file)
+    with pytest.raises(InputError, match=r"--set 'optim=\{lr: 1, lr: 2\}': key 'lr' appears twice"):
+        load_config(Run, None, ["optim={lr: 1, lr: 2}"])
+    cfg_file.write_text("base: &b {lr: 0.5}\noptim:\n  <<: *b\n  epochs: 2\n")  # a merge key is not a repeat
+    assert parse_overrides(["optim.lr=0.5"]) == {"optim": {"lr": 0.5}}
+
+
+@pytest.mark.parametrize("n_boot, ok", [(0, True), (1, False), (199, False), (200, True), (1000, True)])
+def test_n_boot_is_zero_or_enough_for_a_95_percent_interval(n_boot, ok):
+    from trustmed.config import NBoot
+
+    class Audit(Config):
+        n_boot: NBoot = 1000
+
+    if ok:
+        assert load_config(Audit, None, [f"n_boot={n_boot}"]).n_boot == n_boot
+    else:
+        with pytest.raises(InputError, match="must be 0 .* or at least 200"):
+            load_config(Audit, None, [f"n_boot={n_boot}"])

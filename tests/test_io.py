@@ -160,7 +160,11 @@ def test_read_csv_refuses_duplicate_header_names(tmp_path):
 
 @pytest.mark.parametrize(
     "content, needle",
-    [(b"", "file is empty"), (b"a,b\n", "no rows"), (b"a,b\n1,2\n\xff\xfe,3\n", "not a readable CSV")],
+    [
+        (b"", "file is empty"),
+        (b"a,b\n", "no rows"),
+        (b"a,b\n1,2\n\xff\xfe,3\n", "not UTF-8 text \\(byte 0xff"),
+    ],
 )
 def test_read_csv_bad_files(tmp_path, content, needle):
     path = tmp_path / "x.csv"

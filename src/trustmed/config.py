@@ -78,14 +78,15 @@ class _UniqueKeyLoader(yaml.SafeLoader):
         seen: dict = {}
         for key_node, _ in node.value:
             key = self.construct_object(key_node, deep=deep)
+            line = key_node.start_mark.line + 1
             try:
-                first = seen.setdefault(key, key_node.start_mark.line)
+                first = seen.get(key)
             except TypeError:  # an unhashable key: the base constructor reports it
                 continue
-            if first != key_node.start_mark.line:
-                raise DuplicateKeyError(
-                    f"key {key!r} appears twice (lines {first + 1} and {key_node.start_mark.line + 1})"
-                )
+            if first is not None:
+                where = f"lines {first} and {line}" if first != line else f"both on line {line}"
+                raise DuplicateKeyError(f"key {key!r} appears twice ({where})")
+            seen[key] = line
         return super().construct_mapping(node, deep=deep)
 
 

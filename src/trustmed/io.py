@@ -200,7 +200,12 @@ def read_csv(
         duplicated = _duplicated_header(path)
     except pd.errors.EmptyDataError:
         raise InputError(f"{path}: file is empty; expected a CSV with a header row") from None
-    except (pd.errors.ParserError, UnicodeDecodeError, ValueError, OverflowError, EOFError) as exc:
+    except UnicodeDecodeError as exc:
+        raise InputError(
+            f"{path}: not UTF-8 text (byte 0x{exc.object[exc.start]:02x} at position {exc.start}); "
+            "save the CSV as UTF-8"
+        ) from None
+    except (pd.errors.ParserError, ValueError, OverflowError, EOFError) as exc:
         raise InputError(f"{path}: not a readable CSV ({first_line(exc)})") from None
     except OSError as exc:
         raise InputError(f"{path}: cannot be read ({exc.strerror or first_line(exc)})") from None

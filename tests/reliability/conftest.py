@@ -9,86 +9,26 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
-import traceback
+import sys
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 import pytest
 from PIL import Image
-from typer.testing import CliRunner
 
-from trustmed.cli import app
-from trustmed.outdir import MARKER
+sys.path.insert(0, str(Path(__file__).parent))  # the test modules import _matrix
 
-runner = CliRunner()
-OUTCOMES: list[dict] = []
-
-SKIN = ["image_size=16", "n_train=120", "n_val=40", "n_external=24", "n_test=24", "n_ood=0"]
-TRAIN = ["data.image_size=16", "model.width=4", "optim.epochs=2"]
-DISTILL = ["data.format=manifest", "data.image_size=8", "train.epochs=2", "data.batch_size=16", "n_boot=0"]
-CAUSAL_DATA = ["n=240", "d=3", "observed_dim=6"]
-CAUSAL_FIT = ["train.epochs=2", "model.latent_dim=3", "model.hidden=8", "train.warmup_epochs=0"]
-GROUND_FAST = ["grounding.num_steps=3", "grounding.batch_size=4"]
-
-
-def sets(values: list[str]) -> list[str]:
-    return [part for value in values for part in ("--set", value)]
-
-
-def invoke(*args):
-    return runner.invoke(app, [str(a) for a in args])
-
-
-def _snapshot(folder: Path) -> dict[str, bytes]:
-    return {str(p.relative_to(folder)): p.read_bytes() for p in sorted(folder.rglob("*")) if p.is_file()}
-
-
-def check_outcome(
-    result,
-    out: Path,
-    *,
-    category: str,
-    case: str,
-    names: tuple[str, ...] = (),
-    expect: tuple[str, ...] = (),
-    before: dict[str, bytes] | None = None,
-) -> str:
-    """Exit 0 with a complete ``out``, or exit 2 with one line naming one of ``names`` and no ``out``
-    (or, for a folder that existed, ``out`` exactly as ``before``) — never a traceback."""
-    errors = [line for line in result.stderr.splitlines() if line.startswith("error: ")]
-    if result.exit_code == 0:
-        outcome = "exit 0, complete --out"
-        marker = out / MARKER
-        problem = None
-        if not marker.is_file() or json.loads(marker.read_text())["status"] != "complete":
-            problem = "exit 0 without a complete --out"
-        elif missing := [name for name in expect if not (out / name).exists()]:
-            problem = f"exit 0 but {missing} not written"
-    else:
-        outcome = "exit 2, one line, no --out"
-        problem = None
-        if result.exit_code != 2:
-            trace = "".join(traceback.format_exception(*result.exc_info)) if result.exc_info else ""
-            problem = f"exit {result.exit_code}: {result.output[-800:]}\n{trace[-2500:]}"
-        elif len(errors) != 1 or "Traceback" in result.output:
-            problem = f"not one error line: {result.stderr!r}"
-        elif names and not any(name in errors[0] for name in names):
-            problem = f"the message does not name {names}: {errors[0]}"
-        elif before is None and out.exists():
-            problem = f"--out {out} left behind"
-        elif before is not None and _snapshot(out) != before:
-            problem = f"--out {out} changed by a failed run"
-    OUTCOMES.append(
-        {"category": category, "case": case, "outcome": problem and "FAILED" or outcome, "message": errors[:1]}
-    )
-    assert problem is None, f"{category} / {case}: {problem}"
-    return outcome
-
-
-def snapshot(folder: Path) -> dict[str, bytes]:
-    return _snapshot(folder)
+from _matrix import (  # noqa: E402
+    CAUSAL_DATA,
+    CAUSAL_FIT,
+    OUTCOMES,
+    SKIN,
+    distill_args,
+    invoke,
+    sets,
+    train_args,
+)
 
 
 def pytest_sessionfinish(session, exitstatus):
@@ -104,10 +44,6 @@ def skin(tmp_path_factory) -> Path:
     result = invoke("data", "synth", "skin", "--out", out, "--quiet", *sets(SKIN))
     assert result.exit_code == 0, result.output
     return out
-
-
-def train_args(skin: Path, out: Path) -> list:
-    return ["train", "--out", out, "--quiet", *sets([f"data.root={skin}", *TRAIN])]
 
 
 @pytest.fixture(scope="session")
@@ -147,10 +83,6 @@ def groups_data(tmp_path_factory) -> Path:
     return root
 
 
-def distill_args(data: Path, out: Path, *extra) -> list:
-    return ["distill", "--out", out, "--quiet", *sets([*DISTILL, f"data.root={data}"]), *extra]
-
-
 @pytest.fixture(scope="session")
 def distilled(groups_data, tmp_path_factory) -> Path:
     """A Group DRO student (resume folder with group weights); it also serves as a teacher."""
@@ -166,7 +98,14 @@ def causal(tmp_path_factory) -> tuple[Path, Path]:
     base = tmp_path_factory.mktemp("causal")
     result = invoke("causal", "synth-anm", "--out", base / "data", "--quiet", *sets(CAUSAL_DATA))
     assert result.exit_code == 0, result.output
-    fit = ["causal", "fit", "--out", base / "model", "--quiet", *sets([f"data.path={base / 'data'}", *CAUSAL_FIT])]
+    fit = [
+        "causal",
+        "fit",
+        "--out",
+        base / "model",
+        "--quiet",
+        *sets([f"data.path={base / 'data'}", *CAUSAL_FIT]),
+    ]
     result = invoke(*fit)
     assert result.exit_code == 0, result.output
     return base / "data", base / "model"
@@ -206,12 +145,3 @@ def thresholds(classifier, skin, tmp_path_factory) -> Path:
     result = invoke(*args, "--attribute", "skin_tone", "--out", out, "--quiet", *sets(["n_boot=0"]))
     assert result.exit_code == 0, result.output
     return out / "group_thresholds.json"
-
-
-def copy_of(src: Path, dest: Path) -> Path:
-    if src.is_dir():
-        shutil.copytree(src, dest)
-    else:
-        dest.parent.mkdir(parents=True, exist_ok=True)
-        shutil.copy2(src, dest)
-    return dest

@@ -67,6 +67,30 @@ def claim(out: Path, wait: bool = False, kind: str = "dir"):
     return claim_output(out, wait=wait, kind=kind)
 
 
+class _StderrHandler(logging.StreamHandler):
+    """Writes to whatever ``sys.stderr`` is when a record is logged (a caller may have replaced it)."""
+
+    @property
+    def stream(self):
+        return sys.stderr
+
+    @stream.setter
+    def stream(self, value) -> None:
+        pass
+
+
+def _log_to_stderr() -> None:
+    """Warnings (and worse) of every module go to stderr, once per process."""
+    root = logging.getLogger()
+    if not any(isinstance(h, _StderrHandler) for h in root.handlers):
+        handler = _StderrHandler()
+        handler.setFormatter(logging.Formatter("%(levelname)s %(name)s: %(message)s"))
+        handler.setLevel(logging.WARNING)
+        root.addHandler(handler)
+        if root.level > logging.WARNING or root.level == logging.NOTSET:
+            root.setLevel(logging.WARNING)
+
+
 def _exit_on_sigterm(signum, frame) -> None:
     raise SystemExit(128 + signum)
 
@@ -81,7 +105,7 @@ def cli_command(func: F) -> F:
     def wrapper(*args, **kwargs):
         if kwargs.get("quiet"):
             set_quiet(True)
-        logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+        _log_to_stderr()
         # SIGTERM unwinds like Ctrl-C, so staged (temporary) outputs are removed on the way out.
         signal.signal(signal.SIGTERM, _exit_on_sigterm)
         try:

@@ -236,20 +236,27 @@ def _load_into(module: nn.Module, state: dict, where: Path) -> None:
 
 
 def _load_text(folder: Path):
-    tf = _transformers()
-    for part in ("text_encoder", "tokenizer"):
-        if not (folder / part).is_dir():
-            raise InputError(f"{folder / part}: folder not found (the model folder is missing its {part})")
-    try:
-        tokenizer = tf.AutoTokenizer.from_pretrained(folder / "tokenizer", local_files_only=True)
-        text_encoder = tf.CLIPTextModel.from_pretrained(folder / "text_encoder", local_files_only=True)
-    except Exception as exc:  # transformers raises many types for a missing or damaged file
-        if isinstance(exc, InputError):
-            raise
-        from trustmed.io import first_line
+    """The tokenizer and CLIP text encoder of a model folder; a damaged part is named in the error."""
+    from trustmed.io import first_line
 
-        raise InputError(f"{folder}: cannot load text encoder/tokenizer: {first_line(exc)}") from None
-    return tokenizer, text_encoder.eval()
+    tf = _transformers()
+    parts = {}
+    for part, loader in (("tokenizer", tf.AutoTokenizer), ("text_encoder", tf.CLIPTextModel)):
+        where = folder / part
+        if not where.is_dir():
+            raise InputError(f"{where}: folder not found (the model folder is missing its {part})")
+        if part == "text_encoder" and not (where / "config.json").is_file():
+            raise InputError(f"{where / 'config.json'}: not found (the text encoder's configuration)")
+        try:
+            parts[part] = loader.from_pretrained(where, local_files_only=True)
+        except Exception as exc:  # transformers raises many types for a missing or damaged file
+            name = part.replace("_", " ")
+            raise InputError(f"{where}: cannot load the {name}: {first_line(exc)}") from None
+    if parts["tokenizer"].pad_token is None:
+        raise InputError(
+            f"{folder / 'tokenizer'}: the tokenizer has no padding token (is tokenizer_config.json missing?)"
+        )
+    return parts["tokenizer"], parts["text_encoder"].eval()
 
 
 def load_monai_folder(folder: str | Path) -> LDM:
