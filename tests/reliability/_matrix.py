@@ -69,7 +69,7 @@ def check_outcome(
         elif missing := [name for name in expect if not (out / name).exists()]:
             problem = f"exit 0 but {missing} not written"
     else:
-        outcome = "exit 2, one line, no --out"
+        outcome = "exit 2, one line, --out untouched"
         problem = None
         if result.exit_code != 2:
             trace = "".join(traceback.format_exception(*result.exc_info)) if result.exc_info else ""

@@ -10,7 +10,7 @@ import sys
 import time
 
 import pytest
-from _matrix import invoke, sets
+from _matrix import OUTCOMES, invoke, sets
 from safetensors.torch import load_file
 
 pytestmark = pytest.mark.slow
@@ -72,3 +72,5 @@ def test_killed_then_resumed_gives_the_same_weights(kills, data, reference, tmp_
         assert resumed[key].equal(value), key
     leftovers = [p.name for p in out.parent.iterdir() if p.name.endswith((".staging", ".replaced", ".tmp"))]
     assert leftovers == []
+    case = " then ".join(signal.Signals(sig).name for sig in kills) + ", then --resume"
+    OUTCOMES.append({"category": "crash and resume", "case": case, "outcome": "exit 0, complete --out"})

@@ -337,15 +337,21 @@ def load_diffusers_folder(folder: str | Path) -> LDM:
         import diffusers
     except ImportError as exc:  # pragma: no cover - depends on the environment
         raise InputError(f"diffusers is not installed; {_INSTALL}") from exc
-    for part in ("unet", "vae", "scheduler"):
+    from trustmed.io import first_line
+
+    parts = {}
+    for part, cls in (
+        ("unet", diffusers.UNet2DConditionModel),
+        ("vae", diffusers.AutoencoderKL),
+        ("scheduler", diffusers.DDIMScheduler),
+    ):
         if not (folder / part).is_dir():
             raise InputError(f"{folder / part}: folder not found (the diffusers model is missing its {part})")
-    try:
-        unet = diffusers.UNet2DConditionModel.from_pretrained(folder / "unet", local_files_only=True)
-        vae = diffusers.AutoencoderKL.from_pretrained(folder / "vae", local_files_only=True)
-        sched = diffusers.DDIMScheduler.from_pretrained(folder / "scheduler", local_files_only=True)
-    except (OSError, ValueError) as exc:
-        raise InputError(f"{folder}: cannot load diffusers model: {str(exc).splitlines()[0]}") from None
+        try:
+            parts[part] = cls.from_pretrained(folder / part, local_files_only=True)
+        except Exception as exc:  # diffusers raises many types for a missing or damaged file
+            raise InputError(f"{folder / part}: cannot load the {part}: {first_line(exc)}") from None
+    unet, vae, sched = parts["unet"], parts["vae"], parts["scheduler"]
     tokenizer, text_encoder = _load_text(folder)
     return LDM(
         family="diffusers",
