@@ -30,11 +30,17 @@ def _args(data, out):
     return ["train", "--out", str(out), "--quiet", *sets([f"data.root={data}", *TRAIN])]
 
 
+def _run(args):
+    """``trustmed`` in a process of its own, as a user runs it (an in-process run would inherit thread
+    settings of earlier tests, and bit-for-bit equality needs the same floating-point order)."""
+    return subprocess.run([sys.executable, "-m", "trustmed.cli", *args], capture_output=True, text=True)
+
+
 @pytest.fixture(scope="module")
 def reference(data, tmp_path_factory):
     out = tmp_path_factory.mktemp("crash") / "reference"
-    result = invoke(*_args(data, out))
-    assert result.exit_code == 0, result.output
+    result = _run(_args(data, out))
+    assert result.returncode == 0, result.stderr
     return load_file(out / "model.safetensors")
 
 
@@ -64,8 +70,8 @@ def test_killed_then_resumed_gives_the_same_weights(kills, data, reference, tmp_
         assert not (out / "model.safetensors").exists(), "the run finished before it could be killed"
         assert (out / "checkpoints" / "loop_state.json").is_file()
         assert "Traceback" not in stderr
-    result = invoke(*_args(data, out), "--resume")
-    assert result.exit_code == 0, result.output
+    result = _run([*_args(data, out), "--resume"])
+    assert result.returncode == 0, result.stderr
     resumed = load_file(out / "model.safetensors")
     assert resumed.keys() == reference.keys()
     for key, value in reference.items():

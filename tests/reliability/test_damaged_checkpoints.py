@@ -201,3 +201,37 @@ def test_undamaged_resume_folder_resumes(classifier, skin, tmp_path):
     result = invoke(*train_args(skin, out), "--resume")
     assert result.exit_code == 0, result.output
     assert (out / "model.safetensors").read_bytes() == (classifier / "model.safetensors").read_bytes()
+
+
+CAUSAL_DATA_FILES = ("x.npy", "z.npy", "adjacency.csv", "meta.json")
+
+
+@pytest.mark.parametrize("name, command, how", _cases(CAUSAL_DATA_FILES, ("fit", "eval")))
+def test_damaged_causal_data(name, command, how, causal, tmp_path):
+    data, model = causal
+    data = copy_of(data, tmp_path / "data")
+    damage(data / name, how)
+    out = tmp_path / "out"
+    if command == "fit":
+        args = ["causal", "fit", *sets([f"data.path={data}", "train.epochs=1", "model.latent_dim=3"])]
+    else:
+        args = ["causal", "eval", *sets([f"model={model}", f"data={data}"])]
+    result = invoke(*args, "--out", out, "--quiet")
+    expect = ("model.safetensors",) if command == "fit" else ("metrics.json",)
+    check_outcome(
+        result, out, category=f"data: causal {command}", case=f"{name} {how}", names=(name,), expect=expect
+    )
+
+
+@pytest.mark.parametrize(
+    "content",
+    ['{"kind": "covae"}', '{"kind": "covae", "architecture": [1, 2]}', "[]", '{"kind": "vae"}'],
+)
+def test_malformed_causal_model_json(content, causal, tmp_path):
+    data, model = causal
+    model = copy_of(model, tmp_path / "model")
+    (model / "model.json").write_text(content)
+    out = tmp_path / "out"
+    result = invoke("causal", "eval", "--out", out, "--quiet", *sets([f"model={model}", f"data={data}"]))
+    check_outcome(result, out, category="checkpoint: causal eval", case=f"model.json {content}",
+                  names=("model.json",))  # fmt: skip
