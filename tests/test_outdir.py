@@ -9,10 +9,13 @@ import sys
 import textwrap
 
 import pytest
+from typer.testing import CliRunner
 
+from trustmed.cli import app
 from trustmed.errors import InputError
 from trustmed.outdir import MARKER, OutputClaim, check_out, staged_dir, state_dir
 
+runner = CliRunner()
 HOLDER = textwrap.dedent(
     """
     import sys, time
@@ -163,3 +166,24 @@ def test_failed_run_under_a_new_parent_removes_the_parent(tmp_path):
     with pytest.raises(InputError), staged_dir(tmp_path / "a" / "b" / "run"):
         raise InputError("bad input")
     assert _entries(tmp_path) == []
+
+
+def test_the_command_line_stops_or_waits_for_a_held_out(tmp_path):
+    csv = tmp_path / "p.csv"
+    csv.write_text("label,score,group\n1,0.9,a\n0,0.2,b\n1,0.7,a\n0,0.4,b\n")
+    out = tmp_path / "audit"
+    holder = subprocess.Popen(
+        [sys.executable, "-c", HOLDER, str(out), "3"], stdout=subprocess.PIPE, text=True
+    )
+    try:
+        assert holder.stdout.readline().strip() == "holding"
+        args = ["audit", "--predictions", csv, "--group-col", "group", "--n-boot", "0", "--out", out]
+        busy = runner.invoke(app, [str(a) for a in args])
+        assert busy.exit_code == 2 and f"is in use by another trustmed run (pid {holder.pid}" in busy.stderr
+        assert not out.exists()
+        waited = runner.invoke(app, [*map(str, args), "--wait"])
+        assert waited.exit_code == 0, waited.output
+        assert holder.stdout.readline().strip() == "released"  # before the waiting run could start
+    finally:
+        holder.kill()
+        holder.wait()

@@ -131,3 +131,27 @@ def read_only_folder(path):
         yield path
     finally:
         subprocess.run(["umount", str(path)], check=True)
+
+
+CHECKPOINT_COMMANDS = ("audit", "debias", "compare", "teacher")
+
+
+def checkpoint_command(command: str, ckpt: Path, skin: Path, groups: Path, out: Path) -> list:
+    """The arguments of a command that reads the classifier checkpoint ``ckpt`` (one of
+    :data:`CHECKPOINT_COMMANDS`; ``teacher`` is ``distill --teacher``), writing ``out``."""
+    args = {
+        "audit": ["audit", "--checkpoint", ckpt, "--dataset", "fitzpatrick17k", "--root", skin,
+                  "--group-col", "skin_tone", "--n-boot", "0"],
+        "debias": ["debias", "--method", "swift", "--checkpoint", ckpt, "--external", skin,
+                   "--attribute", "skin_tone", *sets(["epochs=1", "n_boot=0"])],
+        "compare": ["debias", "compare", "--checkpoint", ckpt, "--external", skin, "--attribute", "skin_tone",
+                    *sets(["quick=true", "epochs=1", "n_boot=0", "methods=[swift]"])],
+        "teacher": distill_args(groups, out, "--method", "kd", "--teacher", ckpt),
+    }[command]  # fmt: skip
+    return [*args, "--out", out, "--quiet"]
+
+
+def ground_run(model: Path, image: Path, out: Path, *extra) -> list:
+    """``trustmed ground run`` of one phrase on ``image`` with the LDM folder ``model``."""
+    args = ["ground", "run", "--model", model, "--image", image, "--text", "left effusion", *extra]
+    return [*args, *sets(GROUND_FAST), "--out", out, "--quiet"]

@@ -7,10 +7,13 @@ from __future__ import annotations
 import numpy as np
 import pytest
 from _matrix import (
+    CHECKPOINT_COMMANDS,
     GROUND_FAST,
     check_outcome,
+    checkpoint_command,
     copy_of,
     distill_args,
+    ground_run,
     invoke,
     sets,
     snapshot,
@@ -72,9 +75,7 @@ def test_the_matrix_lists_every_file(classifier, distilled, causal, ldm, prompt)
     assert files(ldm) == set(LDM_FILES) and files(prompt) == set(PROMPT_FILES)
 
 
-@pytest.mark.parametrize(
-    "name, command, how", _cases(CLASSIFIER_FILES, ("audit", "debias", "compare", "teacher"))
-)
+@pytest.mark.parametrize("name, command, how", _cases(CLASSIFIER_FILES, CHECKPOINT_COMMANDS))
 def test_damaged_classifier_checkpoint(
     name, command, how, classifier, distilled, skin, groups_data, tmp_path
 ):
@@ -82,16 +83,7 @@ def test_damaged_classifier_checkpoint(
     ckpt = copy_of(source, tmp_path / "ckpt")
     damage(ckpt / name, how)
     out = tmp_path / "out"
-    args = {
-        "audit": ["audit", "--checkpoint", ckpt, "--dataset", "fitzpatrick17k", "--root", skin,
-                  "--group-col", "skin_tone", "--n-boot", "0"],
-        "debias": ["debias", "--method", "finetune", "--checkpoint", ckpt, "--external", skin,
-                   "--attribute", "skin_tone", *sets(["epochs=1", "n_boot=0"])],
-        "compare": ["debias", "compare", "--checkpoint", ckpt, "--external", skin, "--attribute", "skin_tone",
-                    *sets(["quick=true", "epochs=1", "n_boot=0", "methods=[swift]"])],
-        "teacher": distill_args(groups_data, out, "--method", "kd", "--teacher", ckpt),
-    }[command]  # fmt: skip
-    result = invoke(*args, "--out", out, "--quiet")
+    result = invoke(*checkpoint_command(command, ckpt, skin, groups_data, out))
     check_outcome(result, out, category=f"checkpoint: {command}", case=f"{name} {how}", names=(name,))
 
 
@@ -144,14 +136,14 @@ def test_damaged_ldm_folder(name, command, how, ldm, cxr_image, tmp_path):
     model = copy_of(ldm, tmp_path / "model")
     damage(model / name, how)
     out = tmp_path / "out"
+    eval_sets = ["data.n_images=4", "data.limit=2", "n_boot=0", "n_cases=1", *GROUND_FAST]
     args = {
-        "run": ["ground", "run", "--model", model, "--image", cxr_image, "--text", "left effusion"],
-        "eval": ["ground", "eval", "--model", model,
-                 *sets(["data.n_images=4", "data.limit=2", "n_boot=0", "n_cases=1"])],
-        "tune": ["ground", "tune", "--model", model,
-                 *sets(["data.n_images=4", "prompt.epochs=1", "prompt.batch_size=2"])],
+        "run": ground_run(model, cxr_image, out),
+        "eval": ["ground", "eval", "--model", model, *sets(eval_sets), "--out", out, "--quiet"],
+        "tune": ["ground", "tune", "--model", model, *sets(["data.n_images=4", "prompt.epochs=1",
+                 "prompt.batch_size=2"]), "--out", out, "--quiet"],
     }[command]  # fmt: skip
-    result = invoke(*args, *sets(GROUND_FAST) if command != "tune" else [], "--out", out, "--quiet")
+    result = invoke(*args)
     expect = {"run": ("heatmap.npy",), "eval": ("metrics.json",), "tune": ("prompt.safetensors",)}[command]
     check_outcome(
         result,
@@ -168,19 +160,7 @@ def test_damaged_tuned_prompt(name, how, ldm, prompt, cxr_image, tmp_path):
     tuned = copy_of(prompt, tmp_path / "prompt")
     damage(tuned / name, how)
     out = tmp_path / "out"
-    args = [
-        "ground",
-        "run",
-        "--model",
-        ldm,
-        "--image",
-        cxr_image,
-        "--text",
-        "effusion",
-        "--prompt-tuning",
-        tuned,
-    ]
-    result = invoke(*args, *sets(GROUND_FAST), "--out", out, "--quiet")
+    result = invoke(*ground_run(ldm, cxr_image, out, "--prompt-tuning", tuned))
     check_outcome(result, out, category="tuned prompt: ground run", case=f"{name} {how}", names=(name,))
 
 

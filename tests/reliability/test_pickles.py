@@ -10,7 +10,18 @@ import shutil
 
 import pytest
 import torch
-from _matrix import check_outcome, copy_of, distill_args, invoke, sets, snapshot, train_args
+from _matrix import (
+    CHECKPOINT_COMMANDS,
+    check_outcome,
+    checkpoint_command,
+    copy_of,
+    distill_args,
+    ground_run,
+    invoke,
+    sets,
+    snapshot,
+    train_args,
+)
 
 
 class Payload:
@@ -89,7 +100,7 @@ def test_checkpoint_in_the_old_pickle_format_is_refused(classifier, skin, tmp_pa
 
 
 @pytest.mark.parametrize("planted", ["model.pt", "pytorch_model.bin", "model.safetensors"])
-@pytest.mark.parametrize("command", ["audit", "debias", "compare", "teacher"])
+@pytest.mark.parametrize("command", CHECKPOINT_COMMANDS)
 def test_checkpoint_folders_never_unpickle(
     command, planted, classifier, distilled, skin, groups_data, tmp_path
 ):
@@ -97,16 +108,7 @@ def test_checkpoint_folders_never_unpickle(
     marker = tmp_path / "PWNED"
     plant(ckpt / planted, marker, torch_format=planted != "model.safetensors")
     out = tmp_path / "out"
-    args = {
-        "audit": ["audit", "--checkpoint", ckpt, "--dataset", "fitzpatrick17k", "--root", skin,
-                  "--group-col", "skin_tone", "--n-boot", "0"],
-        "debias": ["debias", "--method", "swift", "--checkpoint", ckpt, "--external", skin,
-                   "--attribute", "skin_tone", *sets(["epochs=1", "n_boot=0"])],
-        "compare": ["debias", "compare", "--checkpoint", ckpt, "--external", skin, "--attribute", "skin_tone",
-                    *sets(["quick=true", "epochs=1", "n_boot=0", "methods=[swift]"])],
-        "teacher": distill_args(groups_data, out, "--method", "kd", "--teacher", ckpt),
-    }[command]  # fmt: skip
-    result = invoke(*args, "--out", out, "--quiet")
+    result = invoke(*checkpoint_command(command, ckpt, skin, groups_data, out))
     _check(result, out, marker, planted, f"pickles: {command} --checkpoint")
 
 
@@ -134,8 +136,7 @@ def test_model_folder_weights_are_read_weights_only(planted, removed, ldm, cxr_i
     (model / removed).unlink()
     plant(model / planted, marker, torch_format=True)
     out = tmp_path / "out"
-    args = ["ground", "run", "--model", model, "--image", cxr_image, "--text", "effusion"]
-    result = invoke(*args, *sets(["grounding.num_steps=3"]), "--out", out, "--quiet")
+    result = invoke(*ground_run(model, cxr_image, out))
     name = planted.split("/")[-1] if planted.startswith("models") else "text_encoder"
     _check(result, out, marker, name, "pickles: ground model folder")
 
@@ -145,17 +146,5 @@ def test_tuned_prompt_folder_never_unpickles(ldm, prompt, cxr_image, tmp_path):
     marker = tmp_path / "PWNED"
     plant(tuned / "prompt.pt", marker, torch_format=True)
     out = tmp_path / "out"
-    args = [
-        "ground",
-        "run",
-        "--model",
-        ldm,
-        "--image",
-        cxr_image,
-        "--text",
-        "effusion",
-        "--prompt-tuning",
-        tuned,
-    ]
-    result = invoke(*args, *sets(["grounding.num_steps=3"]), "--out", out, "--quiet")
+    result = invoke(*ground_run(ldm, cxr_image, out, "--prompt-tuning", tuned))
     _check(result, out, marker, "prompt.pt", "pickles: tuned prompt")

@@ -7,9 +7,6 @@ from __future__ import annotations
 import json
 import os
 import stat
-import subprocess
-import sys
-import textwrap
 
 import numpy as np
 import pytest
@@ -194,37 +191,6 @@ def test_outputs_follow_the_umask(umask, file_mode, dir_mode, classifier, skin, 
     assert {"model.safetensors", "model.json", "debias.json", MARKER, "predictions_test.csv"} <= names
     for path in [out, *out.rglob("*")]:
         assert stat.S_IMODE(path.stat().st_mode) == (dir_mode if path.is_dir() else file_mode), path
-
-
-HOLD = textwrap.dedent(
-    """
-    import sys, time
-    from trustmed.outdir import OutputClaim
-    with OutputClaim(sys.argv[1]):
-        print("holding", flush=True)
-        time.sleep(float(sys.argv[2]))
-    print("released", flush=True)
-    """
-)
-
-
-def test_one_run_at_a_time_per_out(tmp_path):
-    csv = tmp_path / "p.csv"
-    csv.write_text("label,score,group\n1,0.9,a\n0,0.2,b\n1,0.7,a\n0,0.4,b\n")
-    out = tmp_path / "audit"
-    holder = subprocess.Popen([sys.executable, "-c", HOLD, str(out), "3"], stdout=subprocess.PIPE, text=True)
-    try:
-        assert holder.stdout.readline().strip() == "holding"
-        args = ["audit", "--predictions", csv, "--group-col", "group", "--n-boot", "0", "--out", out]
-        busy = invoke(*args)
-        assert busy.exit_code == 2 and f"is in use by another trustmed run (pid {holder.pid}" in busy.stderr
-        assert not out.exists()
-        waited = invoke(*args, "--wait")
-        assert waited.exit_code == 0, waited.output
-        assert holder.stdout.readline().strip() == "released"  # before the waiting run could start
-    finally:
-        holder.kill()
-        holder.wait()
 
 
 def test_a_rerun_replaces_out_whole_and_says_so(classifier, skin, tmp_path):
