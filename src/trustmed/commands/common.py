@@ -13,7 +13,7 @@ from typing import Annotated, Any, TypeVar
 import typer
 
 from trustmed.errors import InputError
-from trustmed.outdir import command_scope
+from trustmed.outdir import claim_output, command_scope
 from trustmed.progress import set_quiet
 
 __all__ = [
@@ -62,8 +62,6 @@ def load(config_cls, config: Path | None, overrides: list[str] | None, seed: int
 
 def claim(out: Path, wait: bool = False, kind: str = "dir"):
     """Check and lock ``--out`` for the rest of the command, before any work (see :mod:`trustmed.outdir`)."""
-    from trustmed.outdir import claim_output
-
     return claim_output(out, wait=wait, kind=kind)
 
 

@@ -21,6 +21,7 @@ from __future__ import annotations
 import copy
 import json
 import logging
+import random
 import shutil
 import time
 from collections.abc import Callable, Mapping
@@ -28,12 +29,20 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from torch import nn
 
 from trustmed.errors import InputError
-from trustmed.io import atomic_write_text
+from trustmed.io import (
+    PICKLE_SUFFIXES,
+    atomic_write_text,
+    file_sha256,
+    read_json,
+    read_state,
+    write_state,
+)
 from trustmed.progress import track
 
 __all__ = ["FitResult", "fit", "predict", "make_accelerator"]
@@ -103,10 +112,6 @@ def _state_path(checkpoint_dir: Path) -> Path:
 
 
 def _rng_state() -> dict[str, Any]:
-    import random
-
-    import numpy as np
-
     state: dict[str, Any] = {
         "python": random.getstate(),
         "numpy": np.random.get_state(),
@@ -118,10 +123,6 @@ def _rng_state() -> dict[str, Any]:
 
 
 def _set_rng_state(state: Mapping[str, Any]) -> None:
-    import random
-
-    import numpy as np
-
     random.setstate(state["python"])
     np.random.set_state(state["numpy"])
     torch.set_rng_state(state["torch"])
@@ -159,8 +160,6 @@ def _save_checkpoint(
     folder; only when all are written is ``loop_state.json`` atomically pointed at that folder,
     with each file's SHA-256, and older folders are removed.
     """
-    from trustmed.io import file_sha256, write_state
-
     state_dir = ckpt / f"epoch_{epoch:04d}"
     state_dir.mkdir(parents=True, exist_ok=True)
     write_state(state_dir / f"rng_{accelerator.process_index}.safetensors", _rng_state())
@@ -211,8 +210,6 @@ class _LoopState(BaseModel):
 
 
 def _read_loop_state(ckpt: Path, fingerprint: str | None) -> _LoopState:
-    from trustmed.io import read_json
-
     path = _state_path(ckpt)
     raw = read_json(path, what="loop state")
     if isinstance(raw, dict) and raw.get("format") != CHECKPOINT_FORMAT:
@@ -235,8 +232,6 @@ def _read_loop_state(ckpt: Path, fingerprint: str | None) -> _LoopState:
 
 def _verified_files(ckpt: Path, saved: _LoopState, needed: list[str]) -> Path:
     """The epoch folder of ``saved``, once every file in it is known, present and unchanged."""
-    from trustmed.io import PICKLE_SUFFIXES, file_sha256
-
     state_dir = ckpt / saved.state_dir
     if not state_dir.is_dir():
         raise InputError(f"{state_dir}: not found, but {_state_path(ckpt)} points to it")
@@ -259,8 +254,6 @@ def _verified_files(ckpt: Path, saved: _LoopState, needed: list[str]) -> Path:
 
 
 def _load_into(obj, path: Path) -> None:
-    from trustmed.io import read_state
-
     state = read_state(path)
     try:
         obj.load_state_dict(state)
@@ -270,8 +263,6 @@ def _load_into(obj, path: Path) -> None:
 
 def _resume(accelerator, ckpt: Path, model, parts: dict, result: FitResult, fingerprint) -> tuple[int, Any]:
     """Load the saved loop state into the run; return the epoch to start from and the best weights."""
-    from trustmed.io import read_state
-
     saved = _read_loop_state(ckpt, fingerprint)
     rng = f"rng_{accelerator.process_index}.safetensors"
     needed = ["model.safetensors", rng, *(f"{name}.safetensors" for name in parts)]
