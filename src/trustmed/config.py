@@ -35,6 +35,7 @@ __all__ = [
     "MIN_BOOT",
     "NBoot",
     "Config",
+    "DuplicateKeyError",
     "apply_overrides",
     "config_fingerprint",
     "explain_error",
