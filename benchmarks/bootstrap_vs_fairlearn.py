@@ -16,7 +16,6 @@ Usage::
 
 from __future__ import annotations
 
-import argparse
 import json
 import os
 import resource
@@ -28,6 +27,7 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
+from _lib.bench import bench_parser, target, write_results
 
 GOAL = 100.0
 
@@ -130,10 +130,7 @@ def max_point_difference(fairlearn_by_group: pd.DataFrame, report: dict) -> floa
 
 
 def main(argv: list[str] | None = None) -> dict:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--out", type=Path, default=Path("runs/bench/bootstrap_vs_fairlearn"))
-    parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--quick", action="store_true", help="Time fairlearn on 2 replicates instead of 10.")
+    parser = bench_parser(__doc__, "runs/bench/bootstrap_vs_fairlearn")
     parser.add_argument("--n", type=int, default=None, help="Number of predictions (default 100 000).")
     parser.add_argument("--groups", type=int, default=4)
     parser.add_argument("--n-boot", type=int, default=None, help="Replicates (default 1 000).")
@@ -143,7 +140,7 @@ def main(argv: list[str] | None = None) -> dict:
     args = parser.parse_args(argv)
     n = args.n or 100_000
     n_boot = args.n_boot or 1000
-    reps = args.fairlearn_replicates or (2 if args.quick else 10)
+    reps = args.fairlearn_replicates or (2 if args.quick else 10)  # --quick: fairlearn timed on 2
 
     df = make_predictions(n, args.groups, args.seed)
     print(f"{n} predictions, {args.groups} groups, {n_boot} bootstrap replicates, {os.cpu_count()} CPU cores")
@@ -195,12 +192,12 @@ def main(argv: list[str] | None = None) -> dict:
         "point_estimates_agree": agree,
         "speedup_process": speedup_process,
         "speedup_library": speedup_library,
-        "targets": {"audit_speedup_vs_fairlearn": {"value": speedup, "goal": f">= {GOAL:g}"}},
+        "targets": [
+            target("audit_speedup_vs_fairlearn", speedup, ">=", GOAL, fmt=".0f"),
+            target("audit_point_difference_vs_fairlearn", diff, "<", 1e-9, fmt=".1e"),
+        ],
     }
-    args.out.mkdir(parents=True, exist_ok=True)
-    (args.out / "results.json").write_text(json.dumps(results, indent=2) + "\n")
-    verdict = "PASS" if speedup >= GOAL and agree else "FAIL"
-    print(f"TARGET audit_speedup_vs_fairlearn: {speedup:.0f} (goal >= {GOAL:g}) {verdict}")
+    write_results(args.out, results)
     return results
 
 

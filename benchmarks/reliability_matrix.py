@@ -14,7 +14,6 @@ test suite, without it, draws the same 60 every time).
 
 from __future__ import annotations
 
-import argparse
 import collections
 import json
 import os
@@ -23,7 +22,7 @@ import sys
 import tempfile
 from pathlib import Path
 
-from trustmed.io import write_json
+from _lib.bench import bench_parser, target, write_results
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -46,11 +45,7 @@ def run_matrix(examples: int, seed: int) -> tuple[list[dict], int]:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--out", type=Path, default=Path("runs/bench/reliability"))
-    parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--quick", action="store_true")
-    args = parser.parse_args()
+    args = bench_parser(__doc__, "runs/bench/reliability").parse_args()
     examples = 60 if args.quick else 1000
     outcomes, code = run_matrix(examples, args.seed)
     table: dict[str, collections.Counter] = collections.defaultdict(collections.Counter)
@@ -68,14 +63,10 @@ def main() -> None:
     print(
         f"| all | {total} | " + " | ".join(str(sum(t[c] for t in table.values())) for c in columns) + " |\n"
     )
-    args.out.mkdir(parents=True, exist_ok=True)
-    write_json(
-        args.out / "results.json",
-        {"examples_fuzzed": examples, "seed": args.seed, "pytest_exit_code": code, "cases": outcomes},
-    )
-    share = clean / total if total else 0.0
-    verdict = "PASS" if total and clean == total and code == 0 else "MISS"
-    print(f"TARGET reliability_cases_clean: {share:.3f} of {total} (goal = 1) {verdict}")
+    share = clean / total if total and code == 0 else float("nan")
+    results = {"examples_fuzzed": examples, "seed": args.seed, "pytest_exit_code": code, "cases": outcomes}
+    results["targets"] = [target("reliability_cases_clean", share, "=", 1, note=f"{total} cases")]
+    write_results(args.out, results)
 
 
 if __name__ == "__main__":
