@@ -37,6 +37,7 @@ __all__ = [
     "Config",
     "DuplicateKeyError",
     "apply_overrides",
+    "apply_values",
     "config_fingerprint",
     "explain_error",
     "load_config",
@@ -144,6 +145,44 @@ def apply_overrides(base: dict[str, Any], overrides: dict[str, Any]) -> dict[str
         else:
             merged[key] = value
     return merged
+
+
+def apply_values(
+    cfg: C, values: dict[str, Any], *, source: str = "value", flag_names: dict[str, str] | None = None
+) -> C:
+    """A copy of ``cfg`` with ``values`` (keys dotted for nested fields) set and validated.
+
+    With ``source="flag"`` an invalid value is named by its command-line flag: ``flag_names[key]``,
+    else the key with dots and underscores as dashes (``student.width`` → ``--student-width``).
+
+    >>> class Student(Config):
+    ...     width: int = 8
+    >>> class Run(Config):
+    ...     student: Student = Student()
+    >>> _ = Run.model_rebuild()
+    >>> apply_values(Run(), {"student.width": 4}).student.width
+    4
+    >>> apply_values(Run(), {"student.width": -1.5}, source="flag")
+    Traceback (most recent call last):
+    ...
+    trustmed.errors.InputError: --student-width: input should be a valid integer, got a number with a fractional part, got -1.5
+    """
+    nested: dict[str, Any] = {}
+    for key, value in values.items():
+        node = nested
+        parts = key.split(".")
+        for part in parts[:-1]:
+            node = node.setdefault(part, {})
+        node[parts[-1]] = value
+    try:
+        return type(cfg).model_validate(apply_overrides(cfg.model_dump(), nested))
+    except ValidationError as err:
+        first = err.errors()[0]
+        key = ".".join(str(p) for p in first["loc"])
+        if source != "flag" or key not in values:
+            raise InputError(explain_error(type(cfg), err, f"from a {source}")) from None
+        flag = (flag_names or {}).get(key) or "--" + key.replace(".", "-").replace("_", "-")
+        raise InputError(f"{flag}: {first['msg'].lower()}, got {first.get('input')!r}") from None
 
 
 def _fields_at(model_cls: type[BaseModel], loc: tuple) -> list[str]:

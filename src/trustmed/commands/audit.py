@@ -21,7 +21,7 @@ from typing import Annotated, Literal
 
 import pandas as pd
 import typer
-from pydantic import Field, ValidationError
+from pydantic import Field
 
 from trustmed.commands.common import (
     ConfigOpt,
@@ -35,7 +35,7 @@ from trustmed.commands.common import (
     console,
     load,
 )
-from trustmed.config import Config, NBoot, explain_error
+from trustmed.config import Config, NBoot
 from trustmed.errors import InputError
 
 __all__ = ["AuditConfig", "audit_cmd", "register"]
@@ -156,16 +156,7 @@ def audit_cmd(
         "root": root,
         "split": split,
     }
-    cfg = load(AuditConfig, config, set_, seed)
-    try:
-        cfg = cfg.model_validate(cfg.model_dump() | {k: v for k, v in flags.items() if v is not None})
-    except ValidationError as err:
-        first = err.errors()[0]
-        key = str(first["loc"][0]) if first["loc"] else ""
-        if flags.get(key) is None:
-            raise InputError(explain_error(AuditConfig, err, "in the config")) from None
-        flag = "--group-col" if key == "group_cols" else f"--{key.replace('_', '-')}"
-        raise InputError(f"{flag}: {first['msg'].lower()}, got {first.get('input')!r}") from None
+    cfg = load(AuditConfig, config, set_, seed, flags=flags, flag_names={"group_cols": "--group-col"})
     table, val, source = _resolve(cfg)
     with staged_dir(out) as tmp:
         result = run_audit(

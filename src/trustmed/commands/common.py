@@ -50,14 +50,29 @@ def console():
     return Console(stderr=False, soft_wrap=True)
 
 
-def load(config_cls, config: Path | None, overrides: list[str] | None, seed: int | None = None):
-    """Load a command's config; ``--seed`` wins over the file's ``seed`` key."""
-    from trustmed.config import load_config
+def load(
+    config_cls,
+    config: Path | None,
+    overrides: list[str] | None,
+    seed: int | None = None,
+    flags: dict[str, Any] | None = None,
+    flag_names: dict[str, str] | None = None,
+):
+    """Load a command's config: the YAML file, then ``--set`` overrides, then the typed flags.
+
+    ``flags`` maps config keys (dotted for nested ones, e.g. ``"student.width"``) to the values of
+    the command's own options; ``None`` means the option was not given. The flags win over the file
+    and ``--set``; ``--seed`` wins over the file's ``seed``. A bad flag value is an
+    :class:`InputError` naming the flag (``flag_names`` maps a key to its flag where they differ).
+    """
+    from trustmed.config import apply_values, load_config
 
     sets = list(overrides or [])
     if seed is not None:
         sets.append(f"seed={seed}")
-    return load_config(config_cls, config, sets)
+    cfg = load_config(config_cls, config, sets)
+    given = {key: value for key, value in (flags or {}).items() if value is not None}
+    return apply_values(cfg, given, source="flag", flag_names=flag_names) if given else cfg
 
 
 def claim(out: Path, wait: bool = False, kind: str = "dir"):
