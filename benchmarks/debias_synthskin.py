@@ -1,13 +1,16 @@
 """Benchmark: SWiFT and its baselines on SynthSkin, side by side.
 
 SWiFT ("Soft-Mask Weight Fine-tuning for Bias Mitigation", MELBA 2025, arXiv 2508.18826) against
-fine-tuning, BMFT (arXiv 2408.06890), FairPrune (arXiv 2203.02110), fair retraining and per-group
-thresholds, all from one ERM model trained on SynthSkin (default bias: dark-skin malignant cases
-under-represented in training; lower lesion contrast on dark skin). Attributes: skin tone (binary)
-and age bins (4 groups). External sets of about 2 %, 5 % and 10 % of the training-set size, drawn
-from SynthSkin's external split. Hyper-parameters are chosen on validation (trustmed.debias.compare);
-gaps are reported on the test split at threshold 0.5 and at a validation-tuned threshold, and on
-the out-of-distribution split.
+every registered baseline (fine-tuning, BMFT arXiv 2408.06890, FairPrune arXiv 2203.02110, fair
+retraining, per-group thresholds) and SWiFT's ablations, all from one ERM model trained on SynthSkin
+(default bias: dark-skin malignant cases under-represented in training; lower lesion contrast on
+dark skin). Attributes: skin tone (binary) and age bins (4 groups). External sets of about 2 %, 5 %
+and 10 % of the training-set size, drawn from SynthSkin's external split. Each (attribute, size) is
+one run of the library's comparison (``trustmed.debias.run.compare_checkpoint``): hyper-parameters
+chosen on validation only; gaps on the test split at threshold 0.5 and at a validation-tuned
+threshold, and on the out-of-distribution split. Methods that fit on the training split
+(``retrain_fair``) do not depend on the external set: they run at the first size and their result
+is reused at the others.
 
 Targets (skin tone; test split; ERM as the start):
 
@@ -20,12 +23,12 @@ Targets (skin tone; test split; ERM as the start):
 
 Usage::
 
-    python benchmarks/debias_synthskin.py --out runs/bench_debias --seed 0 [--quick] [--seeds 0 1 2]
+    python benchmarks/debias_synthskin.py --out runs/bench_debias_synthskin --seed 0 [--quick]
+    python benchmarks/debias_synthskin.py --seeds 0 1 2 --jobs 3
 """
 
 from __future__ import annotations
 
-import argparse
 import logging
 import time
 from pathlib import Path
@@ -33,18 +36,14 @@ from typing import Any
 
 import numpy as np
 import pandas as pd
+from _lib.bench import bench_parser, target, write_results
+from _lib.debias import headline_table, markdown_table, summary_table
 
-from trustmed.debias.compare import (
-    METHODS,
-    compare_methods,
-    comparison_table,
-    default_grids,
-    dominating_methods,
-    load_grouped_sets,
-    pareto_figure,
-    subsample,
-)
-from trustmed.io import write_json
+from trustmed.debias.registry import get_method, method_names
+from trustmed.debias.run import DataRef, DebiasCompareConfig, compare_checkpoint, write_comparison
+from trustmed.debias.selection import ERM
+from trustmed.debias.tables import dominating_methods
+from trustmed.io import read_json, write_json
 
 log = logging.getLogger("debias_synthskin")
 
@@ -59,7 +58,7 @@ FULL = {
     "fractions": (0.02, 0.05, 0.10),
     "attributes": ("skin_tone", "age_bin"),
     "n_boot": 500,
-    "methods": METHODS,
+    "skip": (),
 }
 QUICK = {
     **FULL,
@@ -72,19 +71,10 @@ QUICK = {
     "fractions": (0.02,),
     "attributes": ("skin_tone",),
     "n_boot": 200,
-    "methods": (
-        "erm",
-        "swift",
-        "swift_nomask",
-        "swift_step1_only",
-        "finetune",
-        "finetune_fair",
-        "fairprune",
-        "retrain_fair",
-        "group_thresholds",
-    ),
+    "skip": ("bmft",),
 }
-# The full benchmark's validation grids (a subset of ``default_grids()`` sized for a shared CPU).
+# The full benchmark's validation grids (subsets of the registered grids, sized for a shared CPU);
+# a method not listed uses its registered grid. The quick benchmark uses the registered quick grids.
 BENCH_GRIDS = {
     "swift": [{"lr_forget": 1e-4, "lr_base": 1e-3, "batch_size": 64}]
     + [
@@ -95,8 +85,6 @@ BENCH_GRIDS = {
     "finetune_fair": [{"lr": lr, "lam": 1.0, "batch_size": 16} for lr in (1e-3, 1e-2)],
     "bmft": [{"lr_forget": 1e-3, "lr_base": 1e-1, "batch_size": 16}],
     "fairprune": [{"prune_ratio": k, "beta": b} for k in (0.01, 0.05) for b in (0.5, 1.0)],
-    "retrain_fair": [{"lam": 1.0}],
-    "group_thresholds": [{"constraints": "equalized_odds"}],
 }
 GOALS = {
     "swift_eodds_reduction": (">=", 0.5),
@@ -134,63 +122,46 @@ def prepare(out: Path, seed: int, sizes: dict[str, Any]) -> tuple[Path, Path]:
     return data_root, erm_dir
 
 
-def run_seed(out: Path, seed: int, sizes: dict[str, Any]) -> dict[str, Any]:
-    """Every attribute × external size for one seed; returns the per-seed results."""
-    from trustmed.models import load_checkpoint
-
+def run_seed(out: Path, seed: int, quick: bool) -> dict[str, Any]:
+    """Every attribute × external size for one seed; returns the per-seed table and results."""
+    sizes = QUICK if quick else FULL
     out.mkdir(parents=True, exist_ok=True)
     data_root, erm_dir = prepare(out, seed, sizes)
-    model, spec, metadata = load_checkpoint(erm_dir)
-    n_train = int(metadata.get("training", {}).get("n_train", sizes["n_train"]))
-    grids = default_grids(quick=True) if sizes is QUICK else BENCH_GRIDS
-    results: dict[str, Any] = {"seed": seed, "erm_training": metadata.get("training", {}), "runs": {}}
+    methods = [ERM, *(m for m in method_names() if m not in sizes["skip"])]
+    once = [m for m in methods if m != ERM and get_method(m).fit_on == "train"]
+    training = read_json(erm_dir / "model.json", what="model.json")["metadata"].get("training", {})
+    results: dict[str, Any] = {"seed": seed, "erm_training": training, "runs": {}}
     tables = []
     for attribute in sizes["attributes"]:
-        sets = load_grouped_sets(
-            "fitzpatrick17k",
-            data_root,
-            attribute=attribute,
-            image_size=spec.image_size,
-            splits=["train", "val", "external", "test", "ood"],
-        )
-        pool = sets["external"]
-        retrain = None
+        reused = {}
         for fraction in sizes["fractions"]:
-            n_ext = max(int(round(fraction * n_train)), 8)
-            run_sets = {**sets, "external": subsample(pool, n_ext, seed=seed)}
-            methods = [m for m in sizes["methods"] if m != "retrain_fair" or retrain is None]
-            t0 = time.perf_counter()
-            comparison = compare_methods(
-                model,
-                run_sets,
-                methods=methods,
-                grids=grids,
-                retrain_schedule=metadata.get("config", {}),
-                n_boot=sizes["n_boot"],
+            cfg = DebiasCompareConfig(
                 seed=seed,
+                checkpoint=erm_dir,
+                data=DataRef(dataset="fitzpatrick17k", root=data_root),
+                attribute=attribute,
+                external_fraction=fraction,
+                methods=[m for m in methods if m not in reused],
+                grids={} if quick else BENCH_GRIDS,
+                quick=quick,
+                n_boot=sizes["n_boot"],
             )
-            if "retrain_fair" in comparison.results:
-                retrain = comparison.results["retrain_fair"]
-            elif retrain is not None:
-                comparison.results["retrain_fair"] = retrain
-            table = comparison_table(comparison).assign(
-                attribute=attribute, fraction=fraction, n_external=n_ext, seed=seed
-            )
-            tables.append(table)
+            t0 = time.perf_counter()
+            comparison = compare_checkpoint(cfg)
+            for name in once:
+                if name in comparison.results:
+                    reused[name] = comparison.results[name]
+                elif name in reused:
+                    comparison.results[name] = reused[name]
             key = f"{attribute}@{fraction:g}"
-            results["runs"][key] = {
-                "n_external": n_ext,
-                "wall_time_s": time.perf_counter() - t0,
-                **comparison.to_dict(),
-            }
-            for split in ("test", "ood"):
-                pareto_figure(
-                    table,
-                    out / f"pareto_{attribute}_{fraction:g}_{split}.png",
-                    split=split,
-                    title=f"{attribute}, external {n_ext} ({fraction:.0%}), {split}",
-                )
-            log.info("seed %d %s done in %.0fs", seed, key, time.perf_counter() - t0)
+            written = write_comparison(comparison, out / key)
+            n_ext = comparison.settings["sizes"]["external"]
+            tables.append(
+                written.table.assign(attribute=attribute, fraction=fraction, n_external=n_ext, seed=seed)
+            )
+            wall = time.perf_counter() - t0
+            results["runs"][key] = {"n_external": n_ext, "wall_time_s": wall, **comparison.to_dict()}
+            log.info("seed %d %s done in %.0fs", seed, key, wall)
     table = pd.concat(tables, ignore_index=True)
     table.to_csv(out / "comparison.csv", index=False)
     results["targets"] = targets(table, sizes)
@@ -217,15 +188,15 @@ def _row(
 
 
 def targets(table: pd.DataFrame, sizes: dict[str, Any]) -> dict[str, float]:
-    """The five TARGET values (skin tone, test split)."""
+    """The five target values (skin tone, test split)."""
     big, small = max(sizes["fractions"]), min(sizes["fractions"])
     out = {}
     for name, kind in (("swift_eodds_reduction", "0.5"), ("swift_eodds_reduction_tuned", "tuned")):
-        erm = _row(table, "erm", "skin_tone", big, threshold=kind)["eodds_mean_gap"]
+        erm = _row(table, ERM, "skin_tone", big, threshold=kind)["eodds_mean_gap"]
         swift = _row(table, "swift", "skin_tone", big, threshold=kind)["eodds_mean_gap"]
         out[name] = float((erm - swift) / erm) if erm > 0 else float("nan")
     out["swift_auc_drop"] = float(
-        _row(table, "erm", "skin_tone", big)["auc"] - _row(table, "swift", "skin_tone", big)["auc"]
+        _row(table, ERM, "skin_tone", big)["auc"] - _row(table, "swift", "skin_tone", big)["auc"]
     )
     rows = table[(table["attribute"] == "skin_tone") & (table["fraction"] == small)]
     out["swift_not_dominated_small"] = float(not dominating_methods(rows, "swift"))
@@ -239,122 +210,50 @@ def targets(table: pd.DataFrame, sizes: dict[str, Any]) -> dict[str, float]:
     return out
 
 
-def _check(value: float, goal: tuple[str, float]) -> bool:
-    op, bound = goal
-    return bool(np.isfinite(value) and (value >= bound if op == ">=" else value <= bound))
-
-
-COLUMNS = (
-    "auc",
-    "balanced_accuracy",
-    "eodds_mean_gap",
-    "eopp_tpr_gap",
-    "dp_gap",
-    "worst_group_auc",
-    "wall_time_s",
-)
-
-
-def summary_table(table: pd.DataFrame) -> pd.DataFrame:
-    """Mean ± std over seeds per (attribute, external size, split, threshold, method)."""
-    keys = ["attribute", "n_external", "split", "threshold", "method"]
-    grouped = table.groupby(keys, sort=False)[list(COLUMNS)]
-    mean, std = grouped.mean(), grouped.std(ddof=0).fillna(0.0)
-    out = mean.copy().astype(object)
-    for col in COLUMNS:
-        fmt = "{:.1f} ± {:.1f}" if col == "wall_time_s" else "{:.3f} ± {:.3f}"
-        out[col] = [fmt.format(m, s) for m, s in zip(mean[col], std[col], strict=True)]
-    return out.reset_index()
-
-
-def headline_table(table: pd.DataFrame) -> pd.DataFrame:
-    """Mean ± std over seeds: test AUC, eodds gap at 0.5 and tuned, OOD AUC and gap, wall time."""
-
-    def stat(split: str, threshold: str, col: str, digits: int = 3) -> pd.Series:
-        rows = table[(table["split"] == split) & (table["threshold"] == threshold)]
-        grouped = rows.groupby(["attribute", "n_external", "method"], sort=False)[col]
-        mean, std = grouped.mean(), grouped.std(ddof=0).fillna(0.0)
-        return pd.Series(
-            [f"{m:.{digits}f} ± {s:.{digits}f}" for m, s in zip(mean, std, strict=True)], mean.index
-        )
-
-    out = pd.DataFrame(
-        {
-            "test AUC": stat("test", "0.5", "auc"),
-            "test eodds gap @0.5": stat("test", "0.5", "eodds_mean_gap"),
-            "test eodds gap @tuned": stat("test", "tuned", "eodds_mean_gap"),
-            "test worst-group AUC": stat("test", "0.5", "worst_group_auc"),
-            "OOD AUC": stat("ood", "0.5", "auc"),
-            "OOD eodds gap @0.5": stat("ood", "0.5", "eodds_mean_gap"),
-            "wall s": stat("test", "0.5", "wall_time_s", 1),
-        }
-    ).reset_index()
-    flagged = out["method"].isin(["group_thresholds"])
-    out.loc[flagged, "method"] = out.loc[flagged, "method"] + " *"
-    return out
+def _quiet_logs() -> None:
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
+    for noisy in ("accelerate", "trustmed.metrics.fairness"):
+        logging.getLogger(noisy).setLevel(logging.ERROR)
 
 
 def _run_seed_job(job: tuple[Path, int, bool]) -> dict[str, Any]:
-    out, seed, quick = job
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
-    for noisy in ("accelerate", "trustmed.metrics.fairness"):
-        logging.getLogger(noisy).setLevel(logging.ERROR)
-    return run_seed(out, seed, QUICK if quick else FULL)
-
-
-def markdown_table(df: pd.DataFrame) -> str:
-    """A DataFrame as a GitHub markdown table."""
-    lines = ["| " + " | ".join(map(str, df.columns)) + " |", "|" + "---|" * len(df.columns)]
-    lines += ["| " + " | ".join(map(str, row)) + " |" for row in df.itertuples(index=False)]
-    return "\n".join(lines) + "\n"
+    _quiet_logs()
+    return run_seed(*job)
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--out", type=Path, default=Path("runs/bench_debias_synthskin"))
-    parser.add_argument("--seed", type=int, default=0)
+    parser = bench_parser(__doc__, "runs/bench_debias_synthskin")
     parser.add_argument("--seeds", type=int, nargs="*", help="run several seeds and report mean ± std")
-    parser.add_argument("--quick", action="store_true", help="one attribute, smallest external set")
     parser.add_argument("--jobs", type=int, default=1, help="seeds run in parallel processes")
     args = parser.parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
-    for noisy in ("accelerate", "trustmed.metrics.fairness"):
-        logging.getLogger(noisy).setLevel(logging.ERROR)
-    sizes = QUICK if args.quick else FULL
+    _quiet_logs()
     seeds = args.seeds or [args.seed]
+    jobs = [(args.out / f"seed{s}", s, args.quick) for s in seeds]
     t0 = time.perf_counter()
     if args.jobs > 1 and len(seeds) > 1:
         from concurrent.futures import ProcessPoolExecutor
 
         with ProcessPoolExecutor(max_workers=args.jobs) as pool:
-            per_seed = list(pool.map(_run_seed_job, [(args.out / f"seed{s}", s, args.quick) for s in seeds]))
+            per_seed = list(pool.map(_run_seed_job, jobs))
     else:
-        per_seed = [run_seed(args.out / f"seed{s}", s, sizes) for s in seeds]
+        per_seed = [run_seed(*job) for job in jobs]
     table = pd.concat([r["table"] for r in per_seed], ignore_index=True)
     table.to_csv(args.out / "comparison_all_seeds.csv", index=False)
-    summary = summary_table(table)
-    (args.out / "summary.md").write_text(markdown_table(summary))
+    (args.out / "summary.md").write_text(markdown_table(summary_table(table)))
     (args.out / "headline.md").write_text(markdown_table(headline_table(table)))
+    sizes = QUICK if args.quick else FULL
     values = {k: [r["results"]["targets"][k] for r in per_seed] for k in GOALS}
+    rows = []
+    for name, (op, goal) in GOALS.items():
+        row = target(name, float(np.mean(values[name])), op, goal)
+        rows.append({**row, "std": float(np.std(values[name])), "per_seed": values[name]})
     result = {
         "seeds": seeds,
         "sizes": {k: (list(v) if isinstance(v, tuple) else v) for k, v in sizes.items()},
         "wall_time_s": time.perf_counter() - t0,
-        "targets": {
-            k: {
-                "mean": float(np.mean(v)),
-                "std": float(np.std(v)),
-                "per_seed": v,
-                "goal": f"{GOALS[k][0]} {GOALS[k][1]}",
-            }
-            for k, v in values.items()
-        },
+        "targets": rows,
     }
-    write_json(args.out / "results.json", result)
-    for name, goal in GOALS.items():
-        value = float(np.mean(values[name]))
-        status = "PASS" if _check(value, goal) else "FAIL"
-        print(f"TARGET {name}: {value:.3f} (goal {goal[0]} {goal[1]}) {status}")
+    write_results(args.out, result)
     return 0
 
 

@@ -3,8 +3,9 @@
 Per seed: ColoredDigits is generated, a teacher (tiny_cnn width 24) is trained with ERM and another
 with Group DRO; students (width 8, about 8x fewer parameters) are trained with ERM, KD, GroupDistil
 (eta chosen on validation worst-group accuracy from a small grid) and Group DRO, plus GroupDistil and
-KD from the Group DRO teacher. Every model keeps its best epoch by validation worst-group accuracy;
-the numbers are on the balanced test split, with bootstrap CIs. The per-step cost of GroupDistil vs
+KD from the Group DRO teacher. Every model is one :func:`trustmed.distill.run.train_and_score` call
+(the path of ``trustmed distill``) and keeps its best epoch by validation worst-group accuracy; the
+numbers are on the balanced test split, with bootstrap CIs. The per-step cost of GroupDistil vs
 KD is timed in the same process on the same batches, interleaved.
 
 Usage::
@@ -16,8 +17,8 @@ Ends with one ``TARGET`` line per target (means over seeds).
 
 from __future__ import annotations
 
-import argparse
 import copy
+import dataclasses
 import logging
 import statistics
 import tempfile
@@ -26,34 +27,30 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from _lib.bench import bench_parser, target, write_results
+from _lib.distill import MethodRun, prepare_digits, train_method
 
-from trustmed.distill.demo import (
-    STUDENT_WIDTH,
-    TEACHER_WIDTH,
-    DigitsExperiment,
-    MethodRun,
-    prepare_digits,
-    results_table,
-    train_method,
-)
+from trustmed.distill.demo import TEACHER_WIDTH, results_table
 from trustmed.distill.losses import GroupDistilLoss, KDLoss
+from trustmed.distill.run import DistillData
 from trustmed.distill.trainer import plot_group_weights, teacher_logits
-from trustmed.io import write_json
 from trustmed.models import ModelSpec, build_model
 
 log = logging.getLogger("distill_coloreddigits")
 
 
-def step_overhead(exp: DigitsExperiment, teacher: torch.nn.Module, *, seed: int, n_steps: int) -> dict:
+def step_overhead(
+    data: DistillData, teacher: torch.nn.Module, *, width: int, seed: int, n_steps: int
+) -> dict:
     """Median seconds per training step of KD and GroupDistil, timed alternately on the same batches."""
     torch.manual_seed(seed)
-    batches = list(exp.loaders["train"])
+    batches = list(data.loaders["train"])
     for batch in batches:
         batch["teacher"] = teacher_logits(teacher.eval(), batch["image"])
-    spec = ModelSpec(arch="tiny_cnn", width=STUDENT_WIDTH, n_outputs=2, image_size=exp.image_size)
+    spec = ModelSpec(arch="tiny_cnn", width=width, n_outputs=2, image_size=data.image_size)
     base = build_model(spec)
     setups = {}
-    for name, loss in (("kd", KDLoss()), ("groupdistil", GroupDistilLoss(len(exp.group_names), eta=1e-3))):
+    for name, loss in (("kd", KDLoss()), ("groupdistil", GroupDistilLoss(len(data.group_names), eta=1e-3))):
         model = copy.deepcopy(base)
         setups[name] = (model, torch.optim.AdamW(model.parameters(), lr=3e-3), loss)
     times: dict[str, list[float]] = {name: [] for name in setups}
@@ -76,118 +73,52 @@ def step_overhead(exp: DigitsExperiment, teacher: torch.nn.Module, *, seed: int,
 
 def run_seed(seed: int, work: Path, *, quick: bool, n_boot: int) -> dict:
     t0 = time.perf_counter()
-    exp = prepare_digits(work / f"data_seed{seed}", seed=seed)
+    data = prepare_digits(work / f"data_seed{seed}", seed=seed)
     e_t, e_s = (10, 10) if quick else (15, 15)
     etas = (1e-3, 1e-2)
-    teacher = train_method(
-        exp, "erm", seed=seed, epochs=e_t, width=TEACHER_WIDTH, n_boot=n_boot, name="teacher ERM"
-    )
-    t_erm = teacher.distiller.model_
-    runs: list[MethodRun] = [teacher]
-    runs.append(train_method(exp, "erm", seed=seed, epochs=e_s, n_boot=n_boot, name="student ERM"))
-    runs.append(
-        train_method(exp, "kd", seed=seed, epochs=e_s, teacher=t_erm, n_boot=n_boot, name="student KD")
-    )
-    candidates = [
-        train_method(
-            exp,
-            "groupdistil",
-            seed=seed,
-            epochs=e_s,
-            teacher=t_erm,
-            eta=eta,
-            n_boot=n_boot,
-            name=f"GroupDistil eta={eta:g}",
+
+    def student(method: str, name: str, **kwargs) -> MethodRun:
+        return train_method(data, method, seed=seed, epochs=e_s, n_boot=n_boot, name=name, **kwargs)
+
+    def teacher(method: str, name: str) -> MethodRun:
+        return train_method(
+            data, method, seed=seed, epochs=e_t, n_boot=n_boot, name=name, width=TEACHER_WIDTH
         )
-        for eta in etas
-    ]
+
+    t_erm = teacher("erm", "teacher ERM")
+    runs: list[MethodRun] = [t_erm, student("erm", "student ERM"), student("kd", "student KD", teacher=t_erm)]
+    candidates = [student("groupdistil", f"GroupDistil eta={eta:g}", teacher=t_erm, eta=eta) for eta in etas]
     best = max(candidates, key=lambda r: r.val_acc_wg)
-    chosen = copy.copy(best)
-    chosen.name = f"student GroupDistil (eta={best.distiller.eta:g}, chosen on val)"
-    runs.append(chosen)
-    runs.append(train_method(exp, "groupdro", seed=seed, epochs=e_s, n_boot=n_boot, name="student GroupDRO"))
-    dro_teacher = train_method(
-        exp, "groupdro", seed=seed, epochs=e_t, width=TEACHER_WIDTH, n_boot=n_boot, name="teacher GroupDRO"
-    )
-    t_dro = dro_teacher.distiller.model_
-    runs.append(dro_teacher)
-    runs.append(
-        train_method(
-            exp,
-            "groupdistil",
-            seed=seed,
-            epochs=e_s,
-            teacher=t_dro,
-            eta=best.distiller.eta,
-            n_boot=n_boot,
-            name="student GroupDistil <- GroupDRO teacher",
-        )
-    )
-    runs.append(
-        train_method(
-            exp,
-            "kd",
-            seed=seed,
-            epochs=e_s,
-            teacher=t_dro,
-            n_boot=n_boot,
-            name="student KD <- GroupDRO teacher",
-        )
-    )
-    runs.append(
-        train_method(
-            exp,
-            "groupdistil",
-            seed=seed,
-            epochs=e_s,
-            teacher=t_erm,
-            eta=0.0,
-            n_boot=n_boot,
-            name="GroupDistil eta=0 (uniform q, diagnostic)",
-        )
-    )
+    best_eta = best.distiller.eta
+    runs.append(dataclasses.replace(best, name=f"student GroupDistil (eta={best_eta:g}, chosen on val)"))
+    runs.append(student("groupdro", "student GroupDRO"))
+    t_dro = teacher("groupdro", "teacher GroupDRO")
+    runs += [
+        t_dro,
+        student("groupdistil", "student GroupDistil <- GroupDRO teacher", teacher=t_dro, eta=best_eta),
+        student("kd", "student KD <- GroupDRO teacher", teacher=t_dro),
+        student("groupdistil", "GroupDistil eta=0 (uniform q, diagnostic)", teacher=t_erm, eta=0.0),
+    ]
     if not quick:
-        runs.append(
-            train_method(
-                exp,
-                "groupdistil",
-                seed=seed,
-                epochs=e_s,
-                teacher=t_erm,
-                eta=0.1,
-                n_boot=n_boot,
-                name="GroupDistil eta=0.1 (diagnostic)",
-            )
-        )
-    timing = step_overhead(exp, t_erm, seed=seed, n_steps=100 if quick else 300)
+        runs.append(student("groupdistil", "GroupDistil eta=0.1 (diagnostic)", teacher=t_erm, eta=0.1))
+    width = runs[1].result.config.student.width
+    timing = step_overhead(data, t_erm.result.model, width=width, seed=seed, n_steps=100 if quick else 300)
     plot_group_weights(
         best.distiller.group_weights_,
-        exp.group_names,
+        data.group_names,
         work / f"group_weights_seed{seed}.png",
-        title=f"GroupDistil q (seed {seed}, eta={best.distiller.eta:g})",
+        title=f"GroupDistil q (seed {seed}, eta={best_eta:g})",
     )
-    table = results_table([*runs, *[c for c in candidates if c is not best]])
+    table = results_table({r.name: r.result for r in [*runs, *[c for c in candidates if c is not best]]})
     return {
         "seed": seed,
         "table": table.to_dict(orient="records"),
-        "runs": {
-            r.name: {
-                "test": r.test,
-                "val_acc_wg": r.val_acc_wg,
-                "best_epoch": r.best_epoch,
-                "epochs": r.distiller.epochs,
-                "wall_time_s": r.wall_time_s,
-                "n_params": r.n_params,
-                **r.extra,
-                "final_group_weights": r.distiller.group_weights_[-1].tolist(),
-            }
-            for r in [*runs, *candidates]
-        },
+        "runs": {r.name: r.record() for r in [*runs, *candidates]},
         "eta_grid": {f"{c.distiller.eta:g}": c.val_acc_wg for c in candidates},
-        "chosen_eta": best.distiller.eta,
+        "chosen_eta": best_eta,
         "timing": timing,
-        "group_names": exp.group_names,
-        "train_group_counts": exp.group_counts.tolist(),
+        "group_names": data.group_names,
+        "train_group_counts": data.group_counts.tolist(),
         "wall_time_s": time.perf_counter() - t0,
     }
 
@@ -265,12 +196,7 @@ def markdown_table(summary: dict, n_seeds: int) -> str:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--out", type=Path, required=True)
-    parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument(
-        "--quick", action="store_true", help="one seed, fewer epochs (a couple of CPU minutes)"
-    )
+    parser = bench_parser(__doc__, "runs/bench/distill_coloreddigits")
     parser.add_argument("--seeds", type=int, default=None, help="number of seeds (default 1 quick, 3 full)")
     args = parser.parse_args()
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
@@ -289,9 +215,6 @@ def main() -> None:
     summary = summarise(per_seed)
     table = markdown_table(summary, n_seeds)
     (args.out / "table.md").write_text(table + "\n")
-    write_json(
-        args.out / "results.json", {"quick": args.quick, "seeds": n_seeds, "per_seed": per_seed, **summary}
-    )
     print(table)
     drop = summary["means"]["groupdistil_val_wg_best_minus_last_epoch"]
     print(f"GroupDistil validation acc_wg, selected epoch minus last epoch: {drop['mean']:.3f} (mean)")
@@ -302,9 +225,11 @@ def main() -> None:
             f"{seed_result['chosen_eta']:g}; step KD {t['kd_step_s'] * 1e3:.2f} ms, GroupDistil "
             f"{t['groupdistil_step_s'] * 1e3:.2f} ms"
         )
-    for name, (val, op, goal) in summary["targets"].items():
-        ok = val >= goal if op == ">=" else val <= goal
-        print(f"TARGET {name}: {val:.3f} (goal {op} {goal:g}) {'PASS' if ok else 'FAIL'}")
+    targets = [target(name, value, op, goal) for name, (value, op, goal) in summary["targets"].items()]
+    write_results(
+        args.out,
+        {"quick": args.quick, "seeds": n_seeds, "per_seed": per_seed, **summary, "targets": targets},
+    )
 
 
 if __name__ == "__main__":

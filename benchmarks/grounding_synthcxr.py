@@ -7,7 +7,6 @@ Writes ``results.json`` and ends with one ``TARGET`` line per target.
 
 from __future__ import annotations
 
-import argparse
 import logging
 import sys
 import time
@@ -16,41 +15,18 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import torch
+from _lib.bench import bench_parser, target, write_results
+from _lib.grounding import box_masks, ci_cell, prior_maps, with_truth
 
-from trustmed.data.mscxr import boxes_to_mask, load_mscxr
+from trustmed.data.mscxr import load_mscxr
 from trustmed.data.synth.cxr import flip_laterality, make_synthcxr
 from trustmed.grounding.attention import AttentionRecorder
 from trustmed.grounding.ldm import load_ldm, tiny_ldm_path
+from trustmed.grounding.pipeline import METRICS, evaluate_maps
 from trustmed.grounding.zero_shot import GroundingConfig, ZeroShotGrounder, ground_table, score_table
-from trustmed.io import write_json
-from trustmed.metrics.grounding import laterality_correct, laterality_pairs, miou, summarize
+from trustmed.metrics.grounding import miou
 
 log = logging.getLogger("grounding_synthcxr")
-METRICS = ("cnr", "miou", "auroc", "pointing_game")
-
-
-def _masks(table: pd.DataFrame, size: int) -> list[np.ndarray]:
-    return [boxes_to_mask(b, size, size) for b in table.boxes]
-
-
-def _with_truth(table: pd.DataFrame, root: Path) -> pd.DataFrame:
-    truth = pd.read_csv(root / "findings.csv").drop_duplicates(["dicom_id", "label_text"])
-    return table.merge(truth, left_on=["image_id", "text"], right_on=["dicom_id", "label_text"], how="left")
-
-
-def _prior_maps(train: pd.DataFrame, test: pd.DataFrame, size: int, keys: list[str]) -> list[np.ndarray]:
-    """Mean ground-truth mask over training pairs sharing ``keys`` (falls back to the category)."""
-    train_masks = np.stack(_masks(train, size)).astype(np.float64)
-    means = {k: train_masks[idx].mean(0) for k, idx in train.groupby(keys, dropna=False).indices.items()}
-    by_cat = {k: train_masks[idx].mean(0) for k, idx in train.groupby("category").indices.items()}
-    out = []
-    for row in test.itertuples():
-        key = tuple(getattr(row, k) for k in keys) if len(keys) > 1 else getattr(row, keys[0])
-        key = (
-            tuple(None if isinstance(v, float) and np.isnan(v) else v for v in key) if len(keys) > 1 else key
-        )
-        out.append(means.get(key, by_cat[row.category]))
-    return out
 
 
 def _other_image_texts(test: pd.DataFrame, seed: int) -> list[str]:
@@ -89,10 +65,7 @@ def _capture_overhead(ldm, repeats: int) -> dict:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--out", type=Path, default=Path("runs/bench_grounding"))
-    parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--quick", action="store_true")
+    parser = bench_parser(__doc__, "runs/bench_grounding")
     parser.add_argument("--model", type=Path, default=tiny_ldm_path())
     parser.add_argument("--steps", type=int, default=None, help="DDIM inversion steps (default 50, quick 20)")
     parser.add_argument("--n-boot", type=int, default=1000)
@@ -104,9 +77,9 @@ def main(argv: list[str] | None = None) -> int:
     steps = args.steps or (20 if args.quick else 50)
     data = args.out / "synthcxr"
     make_synthcxr(data, n_images=n_images, seed=args.seed + 1000, split_fractions=(0.4, 0.1))
-    train = _with_truth(load_mscxr(data, split="train"), data)
+    train = with_truth(load_mscxr(data, split="train"), data)
     val = load_mscxr(data, split="val")
-    test = _with_truth(load_mscxr(data, split="test"), data)
+    test = with_truth(load_mscxr(data, split="test"), data)
     size = int(test.image_width.iloc[0])
     ldm = load_ldm(args.model)
     # the token set is chosen on the validation split, never on the test split
@@ -129,8 +102,8 @@ def main(argv: list[str] | None = None) -> int:
         "zero_shot": heat,
         "zero_shot_other_text": ground_table(grounder, test, texts=_other_image_texts(test, args.seed)),
         "uniform": [np.ones((size, size))] * len(test),
-        "class_prior": _prior_maps(train, test, size, ["category"]),
-        "text_oracle": _prior_maps(train, test, size, ["category", "side", "zone"]),
+        "class_prior": prior_maps(train, test, size, ["category"]),
+        "text_oracle": prior_maps(train, test, size, ["category", "side", "zone"]),
     }
     results: dict = {
         "token_set_val_auroc": selection,
@@ -142,18 +115,12 @@ def main(argv: list[str] | None = None) -> int:
         "methods": {},
     }
     for name, maps in methods.items():
-        scores = score_table(test, maps)
-        results["methods"][name] = summarize(scores, metrics=METRICS, n_boot=args.n_boot, seed=args.seed)
-
-    masks = _masks(test, size)
-    lat = laterality_pairs(test)
+        _, results["methods"][name] = evaluate_maps(test, maps, n_boot=args.n_boot, seed=args.seed)
     results["laterality_accuracy"] = {
-        name: float(np.mean([laterality_correct(maps[i], masks[i], masks[j]) for i, j in lat]))
-        if lat
-        else None
-        for name, maps in methods.items()
+        name: m["laterality_accuracy"] for name, m in results["methods"].items()
     }
-    results["n_laterality_pairs"] = len(lat)
+    results["n_laterality_pairs"] = results["methods"]["zero_shot"]["n_laterality_pairs"]
+    masks = box_masks(test, size)
     lateral = test.index[test.side.notna()].tolist()[: 60 if args.quick else 150]
     flipped = ground_table(
         grounder, test.loc[lateral], texts=[flip_laterality(t) for t in test.text[lateral]]
@@ -161,28 +128,20 @@ def main(argv: list[str] | None = None) -> int:
     shift = [miou(heat[i], masks[i]) - miou(h, masks[i]) for i, h in zip(lateral, flipped, strict=True)]
     results["caption_flip_shift"] = {"value": float(np.mean(shift)), "n": len(shift)}
     results["capture_overhead"] = _capture_overhead(ldm, 5 if args.quick else 20)
-    write_json(args.out / "results.json", results)
 
     m = results["methods"]
-    rows = []
-    for name in methods:
-        cells = [name]
-        for metric in METRICS:
-            e = m[name]["overall"][metric]
-            cells.append(
-                f"{e['value']:.3f} [{e['ci'][0]:.3f}, {e['ci'][1]:.3f}]" if "ci" in e else f"{e['value']:.3f}"
-            )
-        lat_value = results["laterality_accuracy"][name]
-        cells.append("—" if lat_value is None else f"{lat_value:.2f}")
-        rows.append("| " + " | ".join(cells) + " |")
     print("| method | CNR | mIoU | AUC-ROC | pointing game | laterality acc. |")
     print("| --- | --- | --- | --- | --- | --- |")
-    print("\n".join(rows))
+    for name in methods:
+        lat_value = results["laterality_accuracy"][name]
+        cells = [name, *(ci_cell(m[name], metric) for metric in METRICS)]
+        cells.append("—" if lat_value is None else f"{lat_value:.2f}")
+        print("| " + " | ".join(cells) + " |")
     print(f"seconds per pair (CPU, {steps} steps): {seconds_per_pair:.3f}; test pairs: {len(test)}")
     print(f"token set chosen on validation: {chosen} (val AUC-ROC {selection})")
     print(
         f"REPORT laterality_accuracy: {results['laterality_accuracy']['zero_shot']:.3f} "
-        f"(n={len(lat)}; 0.5 = ignores location words)"
+        f"(n={results['n_laterality_pairs']}; 0.5 = ignores location words)"
     )
     other = m["zero_shot_other_text"]["overall"]
     print(
@@ -191,19 +150,20 @@ def main(argv: list[str] | None = None) -> int:
         f"{m['zero_shot']['overall']['miou']['value']:.3f} vs {other['miou']['value']:.3f}"
     )
     print(f"REPORT caption_flip_shift: {results['caption_flip_shift']['value']:.4f} (n={len(shift)})")
-    auc = m["zero_shot"]["overall"]["auroc"]["value"]
-    ratio = m["zero_shot"]["overall"]["miou"]["value"] / max(m["uniform"]["overall"]["miou"]["value"], 1e-12)
-    vs_prior = m["zero_shot"]["overall"]["miou"]["value"] - m["class_prior"]["overall"]["miou"]["value"]
-    overhead = results["capture_overhead"]["ratio"]
-    targets = [
-        ("zero_shot_auroc", auc, ">=", 0.85),
-        ("zero_shot_miou_vs_uniform", ratio, ">=", 2.0),
-        ("zero_shot_vs_prior", vs_prior, ">", 0.0),
-        ("capture_overhead", overhead, "<=", 1.5),
+    zero = m["zero_shot"]["overall"]
+    ratio = zero["miou"]["value"] / max(m["uniform"]["overall"]["miou"]["value"], 1e-12)
+    results["targets"] = [
+        target("zero_shot_auroc", zero["auroc"]["value"], ">=", 0.85),
+        target("zero_shot_miou_vs_uniform", ratio, ">=", 2.0),
+        target(
+            "zero_shot_vs_prior",
+            zero["miou"]["value"] - m["class_prior"]["overall"]["miou"]["value"],
+            ">",
+            0.0,
+        ),
+        target("capture_overhead", results["capture_overhead"]["ratio"], "<=", 1.5),
     ]
-    for name, value, op, goal in targets:
-        ok = value >= goal if op == ">=" else value > goal if op == ">" else value <= goal
-        print(f"TARGET {name}: {value:.3f} (goal {op} {goal}) {'PASS' if ok else 'FAIL'}")
+    write_results(args.out, results)
     return 0
 
 

@@ -8,7 +8,9 @@ identified at best up to scale). Per seed we report the order divergence D_top o
 D_top (positive = lower loss for better orders). If a criterion cannot find the order on the true
 latents, coVAE cannot find it on learned ones.
 
-    python benchmarks/ordering_criteria_true_latents.py [--batches 4] [--seeds 5]
+    python benchmarks/ordering_criteria_true_latents.py --out runs/bench/ordering_criteria [--quick]
+
+``--quick``: 2 seeds and 2 minibatches; ``--seeds`` and ``--batches`` override.
 
 Criteria: ``hessian`` (``Var[H_jj]``, tau = 1), ``scale_aware`` (``Var[H_jj] / mean(H_jj)^2``, tau = 0.3)
 and ``residual`` (``1 - corr(score_j, residual_j)^2``, tau = 0.1).
@@ -16,13 +18,13 @@ and ``residual`` (``1 - corr(score_j, residual_j)^2``, tau = 0.1).
 
 from __future__ import annotations
 
-import argparse
 import itertools
 import logging
 import time
 
 import numpy as np
 import torch
+from _lib.bench import bench_parser, write_results
 
 from trustmed.causal import ordering_loss
 from trustmed.data.synth.anm import make_latent_anm
@@ -48,36 +50,49 @@ def evaluate(z: np.ndarray, adjacency: np.ndarray, batches: list, settings: dict
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--batches", type=int, default=4)
+    parser = bench_parser(__doc__, "runs/bench/ordering_criteria_true_latents")
+    parser.add_argument("--batches", type=int, default=None, help="minibatches per seed (default 4, 2 quick)")
     parser.add_argument("--batch-size", type=int, default=128)
-    parser.add_argument("--seeds", type=int, default=5)
+    parser.add_argument("--seeds", type=int, default=None, help="number of seeds (default 5, 2 quick)")
     args = parser.parse_args()
+    n_seeds = args.seeds or (2 if args.quick else 5)
+    n_batches = args.batches or (2 if args.quick else 4)
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     torch.set_num_threads(1)
+    rows = []
     print("| criterion | latents | D_top of lowest-loss order per seed | mean | corr(loss, D_top) per seed |")
     print("| --- | --- | --- | --- | --- |")
     for name, settings in CRITERIA.items():
         for standardise in (False, True):
             t0 = time.perf_counter()
             best, corr = [], []
-            for seed in range(args.seeds):
+            for seed in range(args.seed, args.seed + n_seeds):
                 data = make_latent_anm(n=2000, d=5, observed_dim=20, seed=seed)
                 z = data.z
                 if standardise:
                     z = (z - z.mean(0)) / z.std(0)
                 rng = np.random.default_rng(0)
-                batches = [rng.choice(len(z), args.batch_size, replace=False) for _ in range(args.batches)]
+                batches = [rng.choice(len(z), args.batch_size, replace=False) for _ in range(n_batches)]
                 b, c = evaluate(z, data.adjacency, batches, settings)
                 best.append(b)
                 corr.append(c)
             scale = "standardised" if standardise else "native"
+            rows.append(
+                {"criterion": name, "latents": scale, "dtop_lowest_loss": best, "corr_loss_dtop": corr}
+            )
             print(
                 f"| {name} | {scale} | {' '.join(map(str, best))} | {np.mean(best):.1f} "
                 f"| {' '.join(f'{c:+.2f}' for c in corr)} |",
                 flush=True,
             )
             log.info("%s, %s latents: %.0f s", name, scale, time.perf_counter() - t0)
+    settings = {
+        "seeds": n_seeds,
+        "first_seed": args.seed,
+        "batches": n_batches,
+        "batch_size": args.batch_size,
+    }
+    write_results(args.out, {"settings": settings, "rows": rows})
 
 
 if __name__ == "__main__":

@@ -15,7 +15,9 @@ minibatches of 128, the training batch size). Reported: the loss of the truth, t
 divergence D_top (after Hungarian matching, as in the coVAE benchmark) of the lowest-loss rotation from
 the random starts, and D_top and MCC after training from the truth.
 
-    python benchmarks/ordering_loss_rotations.py --out runs/bench/ordering_loss_rotations [--seeds 5]
+    python benchmarks/ordering_loss_rotations.py --out runs/bench/ordering_loss_rotations [--quick] [--seed 0]
+
+``--quick``: 2 seeds, 4 random starts and 40 steps; ``--seeds``, ``--starts`` and ``--steps`` override.
 
 Criteria (``--criteria``, default ``hessian,residual``): ``hessian`` (tau = 1) and ``residual``
 (tau = 0.1), as in ``ordering_criteria_true_latents.py``, and ``residual_abs``: the sum of each designated
@@ -29,20 +31,18 @@ causal latents up to a linear map, and coVAE's ordering cannot come from it.
 
 from __future__ import annotations
 
-import argparse
 import logging
 import time
-from pathlib import Path
 
 import numpy as np
 import torch
+from _lib.bench import bench_parser, write_results
 from threadpoolctl import threadpool_limits
 from torch.nn.utils.parametrizations import orthogonal
 
 from trustmed.causal import ordering_loss
 from trustmed.causal.stein import nested_residual_leafness
 from trustmed.data.synth.anm import make_latent_anm
-from trustmed.io import write_json
 from trustmed.metrics.causal import causal_metrics
 
 log = logging.getLogger("ordering_loss_rotations")
@@ -114,12 +114,12 @@ def run_seed(seed: int, args) -> list[dict]:
         for start in starts:
             rot = train_rotation(z, start, settings, args.steps, args.batch_size, rng)
             mixed = truth @ rot
-            metrics = causal_metrics(z_true, mixed, adjacency, score_order_on_learned=False)
+            metrics = causal_metrics(z_true, mixed, adjacency)
             loss = mean_loss(torch.as_tensor(mixed), batches, settings)
             found.append((loss, metrics["order_divergence"], metrics["mcc_pearson"]))
         from_truth = truth @ train_rotation(z, np.eye(5), settings, args.steps, args.batch_size, rng)
-        truth_metrics = causal_metrics(z_true, truth, adjacency, score_order_on_learned=False)
-        moved = causal_metrics(z_true, from_truth, adjacency, score_order_on_learned=False)
+        truth_metrics = causal_metrics(z_true, truth, adjacency)
+        moved = causal_metrics(z_true, from_truth, adjacency)
         best = min(found)
         row = {
             "seed": seed,
@@ -143,17 +143,23 @@ def run_seed(seed: int, args) -> list[dict]:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--out", type=Path, default=Path("runs/bench/ordering_loss_rotations"))
-    parser.add_argument("--seeds", type=int, default=5)
-    parser.add_argument("--starts", type=int, default=10, help="random starting rotations per seed")
-    parser.add_argument("--steps", type=int, default=80)
+    parser = bench_parser(__doc__, "runs/bench/ordering_loss_rotations")
+    parser.add_argument("--seeds", type=int, default=None, help="number of seeds (default 5, 2 quick)")
+    parser.add_argument(
+        "--starts", type=int, default=None, help="random starting rotations (default 10, 4 quick)"
+    )
+    parser.add_argument(
+        "--steps", type=int, default=None, help="Adam steps per rotation (default 80, 40 quick)"
+    )
     parser.add_argument("--batch-size", type=int, default=128)
     parser.add_argument("--n", type=int, default=2000)
     parser.add_argument(
         "--criteria", default="hessian,residual", help=f"comma-separated, from {list(CRITERIA)}"
     )
     args = parser.parse_args()
+    args.seeds = args.seeds or (2 if args.quick else 5)
+    args.starts = args.starts or (4 if args.quick else 10)
+    args.steps = args.steps or (40 if args.quick else 80)
     args.criteria = args.criteria.split(",")
     unknown = sorted(set(args.criteria) - set(CRITERIA))
     if unknown:
@@ -161,10 +167,9 @@ def main() -> None:
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     torch.set_num_threads(1)
     threadpool_limits(1)  # the loss factorises small systems with SciPy's LAPACK
-    args.out.mkdir(parents=True, exist_ok=True)
-    rows = [row for seed in range(args.seeds) for row in run_seed(seed, args)]
+    rows = [row for seed in range(args.seed, args.seed + args.seeds) for row in run_seed(seed, args)]
     settings = {k: str(v) for k, v in vars(args).items()}
-    write_json(args.out / "results.json", {"runs": rows, "settings": settings})
+    write_results(args.out, {"runs": rows, "settings": settings})
     lines = [
         "| criterion | loss of the truth per seed | lowest loss found per seed"
         " | D_top of lowest-loss rotation per seed (mean)"

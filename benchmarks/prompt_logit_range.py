@@ -11,16 +11,20 @@ pairs at t = T/2 and every cross-attention layer and head, this prints:
 
     python benchmarks/prompt_logit_range.py --root runs/bench_prompt/synthcxr \\
         zero runs/bench_prompt/prompt_tuned runs/bench_prompt/prompt_tuned_lora
+
+Without ``--root`` a SynthCXR folder is generated under ``--out`` (the prompt-tuning benchmark's
+in-distribution data); without prompts only ``zero`` is measured. Writes ``results.json``.
 """
 
 from __future__ import annotations
 
-import argparse
 from pathlib import Path
 
 import torch
+from _lib.bench import bench_parser, write_results
 
 from trustmed.data.mscxr import load_mscxr
+from trustmed.data.synth.cxr import make_synthcxr
 from trustmed.grounding.attention import AttentionRecorder, cross_attention_layers
 from trustmed.grounding.ldm import load_ldm, tiny_ldm_path
 from trustmed.grounding.prompt_tuning import TunedPrompt, build_examples
@@ -32,7 +36,7 @@ def measure(ldm, latents: torch.Tensor, sentences: list[str], prompt: str, seed:
     tuned = None if prompt == "zero" else TunedPrompt.load(prompt)
     grounder = ZeroShotGrounder(ldm, GroundingConfig(token_set="end_and_padding"), prompt=tuned)
     model = grounder.ldm
-    context, weights = grounder._text(sentences)  # exactly the text the grounder attends to
+    context, weights = grounder.encode_phrases(sentences)  # exactly the text the grounder attends to
     t = torch.full((len(sentences),), ldm.num_train_timesteps // 2)
     a = ldm.alphas_cumprod[t].view(-1, 1, 1, 1)
     noise = torch.randn(latents.shape, generator=torch.Generator().manual_seed(seed))
@@ -75,23 +79,31 @@ def measure(ldm, latents: torch.Tensor, sentences: list[str], prompt: str, seed:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("prompts", nargs="+", help="'zero' or tuned-prompt folders")
-    parser.add_argument("--root", type=Path, required=True, help="SynthCXR folder with anatomy/")
-    parser.add_argument("--pairs", type=int, default=64)
+    parser = bench_parser(__doc__, "runs/bench_logit_range")
+    parser.add_argument("prompts", nargs="*", default=["zero"], help="'zero' or tuned-prompt folders")
+    parser.add_argument("--root", type=Path, default=None, help="SynthCXR folder with anatomy/")
+    parser.add_argument("--pairs", type=int, default=None, help="test pairs (default 64, quick 16)")
     args = parser.parse_args()
     torch.set_num_threads(1)
+    root = args.root
+    if root is None:
+        root = args.out / "synthcxr"
+        make_synthcxr(
+            root, n_images=120 if args.quick else 520, seed=args.seed + 1000, split_fractions=(0.4, 0.1)
+        )
     ldm = load_ldm(tiny_ldm_path())
-    table = load_mscxr(args.root, split="test").iloc[: args.pairs]
-    examples = build_examples(ldm, table, args.root / "anatomy")
+    table = load_mscxr(root, split="test").iloc[: args.pairs or (16 if args.quick else 64)]
+    examples = build_examples(ldm, table, root / "anatomy")
+    results = {"root": str(root), "pairs": len(table), "prompts": {}}
     print("| prompt | end-token length | logit std | bound | log-attention span |")
     print("| --- | --- | --- | --- | --- |")
     for prompt in args.prompts:
-        r = measure(ldm, examples.latents, examples.sentences, prompt)
+        r = results["prompts"][prompt] = measure(ldm, examples.latents, examples.sentences, prompt, args.seed)
         print(
             f"| {prompt} | {r['end_token_norm']:.2f} | {r['logit_std']:.2f} | {r['logit_std_bound']:.2f} "
             f"| {r['log_attention_span']:.2f} |"
         )
+    write_results(args.out, results)
 
 
 if __name__ == "__main__":

@@ -14,7 +14,6 @@ Writes ``results.json`` and ends with one ``TARGET`` line per target.
 
 from __future__ import annotations
 
-import argparse
 import logging
 import sys
 import time
@@ -22,42 +21,41 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from _lib.bench import bench_parser, target, write_results
+from _lib.contrastive import ContrastiveConfig, ContrastiveGrounder, train_contrastive
+from _lib.grounding import INPUT_RECIPE, ci_cell, lateral_rows, prior_maps, with_truth
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-from grounding_synthcxr import _prior_maps, _with_truth  # noqa: E402
-
-from trustmed.data.mscxr import boxes_to_mask, load_mscxr  # noqa: E402
-from trustmed.data.synth.cxr import flip_laterality, make_synthcxr, make_synthcxr_vindr  # noqa: E402
-from trustmed.data.vindr import load_vindr  # noqa: E402
-from trustmed.grounding.contrastive import ContrastiveConfig, ContrastiveGrounder, train_contrastive  # noqa: E402
-from trustmed.grounding.ldm import load_ldm, tiny_ldm_path  # noqa: E402
-from trustmed.grounding.prompt_tuning import (  # noqa: E402
-    INPUT_RECIPE,
-    LORA_RECIPE,
+from trustmed.data.mscxr import boxes_to_mask, load_mscxr
+from trustmed.data.synth.cxr import flip_laterality, make_synthcxr, make_synthcxr_vindr
+from trustmed.data.vindr import load_vindr
+from trustmed.grounding.ldm import load_ldm, tiny_ldm_path
+from trustmed.grounding.pipeline import METRICS, evaluate_maps
+from trustmed.grounding.prompt_tuning import (
+    LoraPromptTuningConfig,
     PromptTuningConfig,
     build_examples,
     train_prompt,
 )
-from trustmed.grounding.zero_shot import GroundingConfig, ZeroShotGrounder, ground_table, score_table  # noqa: E402
-from trustmed.io import write_json  # noqa: E402
-from trustmed.metrics.grounding import laterality_correct, laterality_pairs, miou, sentence_side, summarize  # noqa: E402
+from trustmed.grounding.zero_shot import GroundingConfig, ZeroShotGrounder, ground_table, score_table
+from trustmed.metrics.grounding import miou, summarize
 
 log = logging.getLogger("prompt_tuning_synthcxr")
-METRICS = ("cnr", "miou", "auroc", "pointing_game")
+
+# each prompt row: its settings class and what it changes there
+RECIPES = {
+    "prompt_tuned": (PromptTuningConfig, {}),
+    "prompt_tuned_input": (PromptTuningConfig, INPUT_RECIPE),
+    "prompt_tuned_lora": (LoraPromptTuningConfig, {}),
+}
 
 
 def _evaluate(name, grounder, table, masks, n_flip, n_boot, seed) -> dict:
     t0 = time.perf_counter()
     heat = ground_table(grounder, table) if grounder is not None else [np.ones(m.shape) for m in masks]
     seconds = (time.perf_counter() - t0) / len(table)
-    out = summarize(score_table(table, heat), metrics=METRICS, n_boot=n_boot, seed=seed)
-    pairs = laterality_pairs(table)
-    out["laterality_accuracy"] = (
-        float(np.mean([laterality_correct(heat[i], masks[i], masks[j]) for i, j in pairs])) if pairs else None
-    )
-    out["n_laterality_pairs"] = len(pairs)
+    _, out = evaluate_maps(table, heat, n_boot=n_boot, seed=seed)
     out["seconds_per_pair"] = seconds
-    lateral = [i for i, text in enumerate(table.text) if sentence_side(text)][:n_flip]
+    lateral = lateral_rows(table, n_flip)
     if grounder is not None and lateral:
         sub = table.iloc[lateral]
         flipped = ground_table(grounder, sub, texts=[flip_laterality(t) for t in sub.text])
@@ -76,10 +74,7 @@ def _evaluate(name, grounder, table, masks, n_flip, n_boot, seed) -> dict:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--out", type=Path, default=Path("runs/bench_prompt"))
-    parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--quick", action="store_true")
+    parser = bench_parser(__doc__, "runs/bench_prompt")
     parser.add_argument("--model", type=Path, default=tiny_ldm_path())
     parser.add_argument("--steps", type=int, default=None, help="DDIM inversion steps (default 50, quick 10)")
     parser.add_argument(
@@ -103,8 +98,8 @@ def main(argv: list[str] | None = None) -> int:
     train = load_mscxr(train_root, split="train")
     id_root = args.out / "synthcxr"
     make_synthcxr(id_root, n_images=120 if quick else 520, seed=args.seed + 1000, split_fractions=(0.4, 0.1))
-    id_train = _with_truth(load_mscxr(id_root, split="train"), id_root)
-    id_test = _with_truth(load_mscxr(id_root, split="test"), id_root)
+    id_train = with_truth(load_mscxr(id_root, split="train"), id_root)
+    id_test = with_truth(load_mscxr(id_root, split="test"), id_root)
     ood_root = args.out / "synthcxr_vindr"
     make_synthcxr_vindr(ood_root, n_images=60 if quick else 250, seed=args.seed + 2000)
     ood = load_vindr(ood_root, split="test", classes=None, sentences="auto")
@@ -121,9 +116,8 @@ def main(argv: list[str] | None = None) -> int:
     grounding = GroundingConfig(seed=args.seed, num_steps=steps, batch_size=32, token_set="end_and_padding")
     grounders: dict = {"zero_shot": ZeroShotGrounder(ldm, grounding)}
     training: dict = {}
-    recipes = {"prompt_tuned": {}, "prompt_tuned_input": INPUT_RECIPE, "prompt_tuned_lora": LORA_RECIPE}
-    for name, extra in recipes.items():
-        cfg = PromptTuningConfig(seed=args.seed, **{**extra, **({"epochs": epochs} if epochs else {})})
+    for name, (settings, extra) in RECIPES.items():
+        cfg = settings(**{**extra, "seed": args.seed, **({"epochs": epochs} if epochs else {})})
         t_cpu = time.process_time()
         prompt, summary = train_prompt(ldm, examples, cfg)
         training[name] = {
@@ -168,15 +162,10 @@ def main(argv: list[str] | None = None) -> int:
             f"{name} (OOD)", grounder, ood, ood_masks, n_flip, args.n_boot, args.seed
         )
     for name, keys in (("class_prior", ["category"]), ("text_oracle", ["category", "side", "zone"])):
-        maps = _prior_maps(id_train, id_test, size, keys)
+        maps = prior_maps(id_train, id_test, size, keys)
         results["in_distribution"][name] = summarize(
             score_table(id_test, maps), metrics=METRICS, n_boot=args.n_boot, seed=args.seed
         )
-    write_json(args.out / "results.json", results)
-
-    def cell(entry, metric):
-        e = entry["overall"][metric]
-        return f"{e['value']:.3f} [{e['ci'][0]:.3f}, {e['ci'][1]:.3f}]" if "ci" in e else f"{e['value']:.3f}"
 
     print("| split | method | mIoU | AUC-ROC | CNR | pointing game | laterality acc. | flip shift |")
     print("| --- | --- | --- | --- | --- | --- | --- | --- |")
@@ -185,8 +174,8 @@ def main(argv: list[str] | None = None) -> int:
             lat = entry.get("laterality_accuracy")
             flip = entry.get("caption_flip_shift")
             print(
-                f"| {label} | {name} | {cell(entry, 'miou')} | {cell(entry, 'auroc')} | "
-                f"{cell(entry, 'cnr')} | "
+                f"| {label} | {name} | {ci_cell(entry, 'miou')} | {ci_cell(entry, 'auroc')} | "
+                f"{ci_cell(entry, 'cnr')} | "
                 f"{entry['overall']['pointing_game']['value']:.3f} | "
                 f"{'—' if lat is None else f'{lat:.2f}'} | {'—' if flip is None else f'{flip:.3f}'} |"
             )
@@ -211,13 +200,13 @@ def main(argv: list[str] | None = None) -> int:
         f"ID {results['in_distribution']['prompt_tuned'].get('caption_flip_shift', float('nan')):.4f}, "
         f"zero-shot {results['in_distribution']['zero_shot'].get('caption_flip_shift', float('nan')):.4f}"
     )
-    targets = [
-        ("prompt_tuning_miou_gain_id", gain("in_distribution", "prompt_tuned"), 0.5),
-        ("prompt_tuning_miou_gain_ood", gain("out_of_distribution", "prompt_tuned"), 0.2),
-        ("prompt_tuning_laterality", results["in_distribution"]["prompt_tuned"]["laterality_accuracy"], 0.8),
+    laterality = results["in_distribution"]["prompt_tuned"]["laterality_accuracy"]
+    results["targets"] = [
+        target("prompt_tuning_miou_gain_id", gain("in_distribution", "prompt_tuned"), ">=", 0.5),
+        target("prompt_tuning_miou_gain_ood", gain("out_of_distribution", "prompt_tuned"), ">=", 0.2),
+        target("prompt_tuning_laterality", float("nan") if laterality is None else laterality, ">=", 0.8),
     ]
-    for name, value, goal in targets:
-        print(f"TARGET {name}: {value:.3f} (goal >= {goal}) {'PASS' if value >= goal else 'FAIL'}")
+    write_results(args.out, results)
     return 0
 
 

@@ -11,24 +11,18 @@ the SHD after CAM-style spline pruning of SCORE's order.
 
 from __future__ import annotations
 
-import argparse
 import time
-from pathlib import Path
 
 import numpy as np
+from _lib.bench import bench_parser, target, write_results
 
 from trustmed.causal import prune_order, score_order
 from trustmed.data.synth.anm import make_latent_anm
-from trustmed.io import write_json
 from trustmed.metrics.causal import order_divergence, shd
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--out", type=Path, default=Path("runs/bench/score_order_anm"))
-    parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--quick", action="store_true")
-    args = parser.parse_args()
+    args = bench_parser(__doc__, "runs/bench/score_order_anm").parse_args()
     n_graphs, n = (4, 500) if args.quick else (10, 1000)
     rows = []
     for g in range(n_graphs):
@@ -55,15 +49,11 @@ def main() -> None:
         )
     means = {k: float(np.mean([r[k] for r in rows])) for k in rows[0] if k != "seed"}
     result = {"n_graphs": n_graphs, "n": n, "d": 10, "expected_edges": 10, "runs": rows, "mean": means}
-    args.out.mkdir(parents=True, exist_ok=True)
-    write_json(args.out / "results.json", result)
     for key, value in means.items():
         print(f"mean {key}: {value:.3f}")
-    dtop = means["dtop_score"]
-    print(
-        f"TARGET score_order_dtop: {dtop:.2f} (goal <= 1.5; random order {means['dtop_random']:.2f}) "
-        f"{'PASS' if dtop <= 1.5 else 'MISS'}"
-    )
+    note = f"random order {means['dtop_random']:.2f}"
+    result["targets"] = [target("score_order_dtop", means["dtop_score"], "<=", 1.5, fmt=".2f", note=note)]
+    write_results(args.out, result)
 
 
 if __name__ == "__main__":

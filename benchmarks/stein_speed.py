@@ -11,15 +11,13 @@ with the float64 agreement of the two results.
 
 from __future__ import annotations
 
-import argparse
 import time
-from pathlib import Path
 
 import numpy as np
 import torch
+from _lib.bench import bench_parser, target, write_results
 
 from trustmed.causal import stein_hessian_diag
-from trustmed.io import write_json
 
 
 def reference_hessian_diag(x: np.ndarray, eta: float = 1e-3) -> np.ndarray:
@@ -46,10 +44,7 @@ def best_time(fn, repeats: int) -> float:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--out", type=Path, default=Path("runs/bench/stein_speed"))
-    parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--quick", action="store_true")
+    parser = bench_parser(__doc__, "runs/bench/stein_speed")
     parser.add_argument("--n", type=int, default=2000)
     parser.add_argument("--d", type=int, default=10)
     args = parser.parse_args()
@@ -86,15 +81,11 @@ def main() -> None:
         "max_abs_diff_float64": float(np.abs(ours64 - ref).max()),
         "max_rel_diff_float32": float(np.abs(ours32 - ref).max() / scale),
     }
-    args.out.mkdir(parents=True, exist_ok=True)
-    write_json(args.out / "results.json", result)
     for key, value in result.items():
         print(f"{key}: {value:.4g}" if isinstance(value, float) else f"{key}: {value}")
-    speedup = result["speedup_float64"]
-    verdict = "PASS" if speedup >= 2 else "MISS"
-    print(
-        f"TARGET stein_speedup: {speedup:.2f} (goal >= 2.0, float64 vs the float64 NumPy reference) {verdict}"
-    )
+    note = "float64 vs the float64 NumPy reference"
+    result["targets"] = [target("stein_speedup", result["speedup_float64"], ">=", 2.0, fmt=".2f", note=note)]
+    write_results(args.out, result)
 
 
 if __name__ == "__main__":

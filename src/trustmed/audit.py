@@ -25,18 +25,20 @@ import math
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import numpy as np
 import pandas as pd
+from pydantic import Field
 
+from trustmed.config import Config, NBoot
 from trustmed.errors import InputError
 from trustmed.io import atomic_write_bytes, atomic_write_text, read_csv, write_json
 from trustmed.metrics.fairness import GAP_METRICS, choose_threshold, fairness_report
 from trustmed.report import Section, figure_to_html, table_to_html
 from trustmed.report.figures import calibration_png, group_metrics_png, roc_curves_png
 
-__all__ = ["AuditResult", "run_audit", "read_predictions", "KEY_METRICS"]
+__all__ = ["AuditConfig", "AuditResult", "KEY_METRICS", "audit_pipeline", "read_predictions", "run_audit"]
 
 logger = logging.getLogger(__name__)
 
@@ -411,3 +413,83 @@ def _group_names(metrics: dict[str, Any], groups: pd.DataFrame) -> np.ndarray:
     for part in parts[1:]:
         joined = joined + "&" + part
     return joined.to_numpy()
+
+
+class AuditConfig(Config):
+    """Config of ``trustmed audit``; every field has a flag of the same name (``--n-boot`` …)."""
+
+    predictions: Path | None = None
+    label_col: str = "label"
+    score_col: str = "score"
+    group_cols: list[str] = []
+    patient_col: str | None = None
+    n_boot: NBoot = 1000
+    threshold: float | None = None
+    val_predictions: Path | None = None
+    val_split: str | None = None
+    threshold_method: Literal["youden", "f1", "specificity"] = "youden"
+    target_specificity: float | None = None
+    checkpoint: Path | None = None
+    dataset: str | None = None
+    root: Path | None = None
+    split: str = "test"
+    title: str = "Fairness audit"
+    min_group_size: int = Field(30, ge=1)
+    seed: int = 0
+
+
+def _predictions_from_checkpoint(cfg: AuditConfig, split: str) -> pd.DataFrame:
+    from trustmed.train.classifier import predictions_for_checkpoint
+
+    if cfg.dataset is None or cfg.root is None:
+        raise InputError("--checkpoint needs --dataset NAME and --root DIR")
+    return predictions_for_checkpoint(cfg.checkpoint, dataset=cfg.dataset, root=cfg.root, split=split)
+
+
+def _resolve(cfg: AuditConfig) -> tuple[pd.DataFrame, pd.DataFrame | None, str]:
+    """The predictions (and validation predictions) to audit, and how to name them in messages."""
+    if (cfg.predictions is None) == (cfg.checkpoint is None):
+        raise InputError("give either --predictions FILE.csv or --checkpoint DIR (with --dataset and --root)")
+    if cfg.val_predictions is not None and cfg.threshold is not None:
+        raise InputError("give either --threshold or --val-predictions, not both")
+    val = read_predictions(cfg.val_predictions, "validation predictions") if cfg.val_predictions else None
+    if cfg.predictions is not None:
+        if cfg.val_split is not None:
+            raise InputError("--val-split needs --checkpoint; with a CSV use --val-predictions")
+        return read_predictions(cfg.predictions), val, str(cfg.predictions)
+    predictions = _predictions_from_checkpoint(cfg, cfg.split)
+    if cfg.val_split is not None:
+        if val is not None or cfg.threshold is not None:
+            raise InputError("give one of --threshold, --val-predictions, --val-split")
+        val = _predictions_from_checkpoint(cfg, cfg.val_split)
+    return predictions, val, f"{cfg.checkpoint} on {cfg.dataset}/{cfg.split}"
+
+
+def audit_pipeline(cfg: AuditConfig, out: str | os.PathLike) -> AuditResult:
+    """``trustmed audit``: resolve the predictions (a CSV, or a checkpoint run on a dataset), audit them
+    and write ``metrics.json``, ``audit.md``, ``figures/`` (and ``predictions.csv`` from a checkpoint)
+    into ``out``, all or nothing."""
+    from trustmed.outdir import staged_dir
+
+    table, val, source = _resolve(cfg)
+    with staged_dir(out) as tmp:
+        result = run_audit(
+            table,
+            label_col=cfg.label_col,
+            score_col=cfg.score_col,
+            group_cols=cfg.group_cols,
+            patient_col=cfg.patient_col,
+            n_boot=cfg.n_boot,
+            threshold=cfg.threshold,
+            val_predictions=val,
+            threshold_method=cfg.threshold_method,
+            target_specificity=cfg.target_specificity,
+            seed=cfg.seed,
+            min_group_size=cfg.min_group_size,
+            out_dir=tmp,
+            title=cfg.title,
+            source=source,
+        )
+        if cfg.checkpoint is not None:
+            table.to_csv(tmp / "predictions.csv", index=False)
+    return result

@@ -45,6 +45,7 @@ from contextvars import ContextVar
 from pathlib import Path
 from typing import Literal
 
+from trustmed import __version__
 from trustmed.errors import InputError
 from trustmed.io import atomic_write_text
 
@@ -108,15 +109,6 @@ def check_out(out: str | os.PathLike, *, kind: Kind = "dir") -> Path:
     if path.is_dir() and not os.access(path, os.W_OK | os.X_OK):
         raise InputError(f"--out {given}: the folder is not writable (permission denied)")
     return path
-
-
-def _version() -> str:
-    try:
-        from importlib.metadata import version
-
-        return version("trustmed")
-    except Exception:  # not installed (a source checkout on sys.path)
-        return "unknown"
 
 
 def _now() -> str:
@@ -257,7 +249,7 @@ class OutputClaim:
     # -- outputs ---------------------------------------------------------------------------
     def _write_marker(self, folder: Path, status: str) -> None:
         marker = {
-            "trustmed": _version(),
+            "trustmed": __version__,
             "command": sys.argv,
             "status": status,
             "started": self.started,

@@ -8,6 +8,7 @@ import torch
 
 from trustmed.causal import (
     AlphaSchedule,
+    CausalTrainConfig,
     CoVAE,
     encode,
     fit_covae,
@@ -15,8 +16,14 @@ from trustmed.causal import (
     permute_latents,
     score_order,
 )
+from trustmed.config import apply_values
 from trustmed.data.synth.anm import make_latent_anm
 from trustmed.errors import InputError
+
+
+def train_config(**values) -> CausalTrainConfig:
+    """The library's training config with ``values`` set (a bad value is an InputError naming its key)."""
+    return apply_values(CausalTrainConfig(), values)
 
 
 def test_ordering_loss_prefers_the_causal_order():
@@ -122,8 +129,8 @@ def test_fit_covae_trains_and_is_deterministic():
         torch.manual_seed(0)
         model = CoVAE(8, 3, hidden=32)
         result = fit_covae(
-            model, x[:256], x_val=x[256:], epochs=6, batch_size=32, lr=1e-2, alpha=5.0, warmup_epochs=2,
-            ramp_epochs=2, seed=0,
+            model, x[:256], x_val=x[256:], seed=0, config=train_config(epochs=6, batch_size=32, lr=1e-2,
+            alpha=5.0, warmup_epochs=2, ramp_epochs=2),
         )  # fmt: skip
         runs.append((result, encode(model, x)))
     result, latents = runs[0]
@@ -139,15 +146,17 @@ def test_fit_covae_bad_input():
     bad = x.copy()
     bad[5, 2] = np.nan
     with pytest.raises(InputError, match="NaN"):
-        fit_covae(CoVAE(8, 3), bad, epochs=1, batch_size=64)
+        fit_covae(CoVAE(8, 3), bad, config=train_config(epochs=1, batch_size=64))
     with pytest.raises(InputError, match="at least 8"):
-        fit_covae(CoVAE(8, 3), x, epochs=1, batch_size=4, alpha=1.0)
+        fit_covae(CoVAE(8, 3), x, config=train_config(epochs=1, batch_size=4, alpha=1.0))
     model = CoVAE(8, 3)
     before = [p.detach().clone() for p in model.parameters()]
     with pytest.raises(InputError, match="criterion"):  # refused before any step, not after warm-up
-        fit_covae(model, x, epochs=2, batch_size=64, alpha=1.0, warmup_epochs=1, criterion="leaf")
+        fit_covae(model, x, config=train_config(epochs=2, batch_size=64, alpha=1.0, warmup_epochs=1,
+                                                criterion="leaf"))  # fmt: skip
     with pytest.raises(InputError, match="scale_aware"):
-        fit_covae(model, x, epochs=2, batch_size=64, alpha=1.0, criterion="residual", scale_aware=True)
+        fit_covae(model, x, config=train_config(epochs=2, batch_size=64, alpha=1.0, criterion="residual",
+                                                scale_aware=True))  # fmt: skip
     assert all(torch.equal(a, b) for a, b in zip(before, model.parameters(), strict=True))
 
 
@@ -203,12 +212,13 @@ def test_fit_covae_reorder_puts_units_in_score_order(monkeypatch, criterion):
     monkeypatch.setattr(covae_mod, "permute_latents", spy)
     torch.manual_seed(0)
     model = Counting(8, 3, hidden=32)
-    fit_covae(
-        model, x[:256], epochs=4, batch_size=32, lr=1e-2, warmup_epochs=2, reorder=True, criterion=criterion
-    )
+    config = train_config(epochs=4, batch_size=32, lr=1e-2, alpha=0.0, warmup_epochs=2, reorder=True,
+                          criterion=criterion)  # fmt: skip
+    fit_covae(model, x[:256], config=config)
     assert len(seen) == 2  # once, at the end of warm-up
     (order, before), after = seen
     assert order == score_order(before, criterion=criterion)
     np.testing.assert_allclose(after, before[:, order], atol=1e-6)
     with pytest.raises(InputError, match="warmup_epochs"):
-        fit_covae(CoVAE(8, 3), x[:256], epochs=1, batch_size=32, reorder=True)
+        fit_covae(CoVAE(8, 3), x[:256], config=train_config(epochs=1, batch_size=32, warmup_epochs=0,
+                                                            reorder=True))  # fmt: skip

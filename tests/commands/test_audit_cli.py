@@ -195,7 +195,7 @@ def test_real_process_exit_code_and_stderr(tmp_path, csv):
 def test_example_config_is_valid():
     from pathlib import Path
 
-    from trustmed.commands.audit import AuditConfig
+    from trustmed.audit import AuditConfig
     from trustmed.config import load_config
 
     example = Path(__file__).resolve().parents[2] / "examples" / "audit_predictions.yaml"

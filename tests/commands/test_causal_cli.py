@@ -3,6 +3,8 @@
 import json
 
 import numpy as np
+import pandas as pd
+import pytest
 from typer.testing import CliRunner
 
 from trustmed.cli import app
@@ -85,3 +87,52 @@ def test_bad_input_exits_2_without_output(tmp_path):
     )
     assert res.exit_code == 2 and "criterion" in res.output
     assert not (tmp_path / "r5").exists()
+
+
+def test_eval_takes_model_and_data_options(tmp_path):
+    data = tmp_path / "anm"
+    res = runner.invoke(app, ["causal", "synth-anm", "--out", str(data), "--set", "n=160", "--set", "d=2",
+                              "--set", "observed_dim=4", "--quiet"])  # fmt: skip
+    assert res.exit_code == 0, res.output
+    run = tmp_path / "run"
+    res = runner.invoke(app, ["causal", "fit", "--out", str(run), "--set", f"data.path={data}",
+                              "--set", "model.latent_dim=2", *FAST])  # fmt: skip
+    assert res.exit_code == 0, res.output
+    by_flag = tmp_path / "flag"
+    res = runner.invoke(
+        app, ["causal", "eval", "--model", str(run), "--data", str(data), "--out", str(by_flag)]
+    )
+    assert res.exit_code == 0, res.output
+    by_key = tmp_path / "key"
+    res = runner.invoke(app, ["causal", "eval", "--set", f"model={run}", "--set", f"data={data}",
+                              "--out", str(by_key), "--quiet"])  # fmt: skip
+    assert res.exit_code == 0, res.output
+    assert (by_flag / "metrics.json").read_text() == (by_key / "metrics.json").read_text()
+    res = runner.invoke(app, ["causal", "eval", "--model", str(tmp_path / "none"), "--data", str(data),
+                              "--out", str(tmp_path / "bad")])  # fmt: skip
+    assert res.exit_code == 2 and "model.json" in res.output and not (tmp_path / "bad").exists()
+
+
+def test_fit_trains_with_the_library_defaults(tmp_path):
+    from trustmed.causal import AlphaSchedule, CausalTrainConfig
+
+    data = tmp_path / "anm"
+    runner.invoke(app, ["causal", "synth-anm", "--out", str(data), "--set", "n=200", "--set", "d=2",
+                        "--set", "observed_dim=4", "--quiet"])  # fmt: skip
+    defaults = CausalTrainConfig()
+    epochs = defaults.warmup_epochs + defaults.ramp_epochs + 1
+    run = tmp_path / "run"
+    sets = [f"data.path={data}", "model.latent_dim=2", "model.hidden=8", f"train.epochs={epochs}",
+            "train.batch_size=32"]  # fmt: skip
+    res = runner.invoke(
+        app, ["causal", "fit", "--out", str(run), *[a for s in sets for a in ("--set", s)], "-q"]
+    )
+    assert res.exit_code == 0, res.output
+    recorded = json.loads((run / "model.json").read_text())["config"]["train"]
+    assert recorded == defaults.model_copy(update={"epochs": epochs, "batch_size": 32}).model_dump(
+        mode="json"
+    )
+    steps = 160 // 32  # 200 samples, 20 % for validation
+    schedule = AlphaSchedule(defaults.alpha, defaults.warmup_epochs * steps, defaults.ramp_epochs * steps)
+    expected = [[schedule.step() for _ in range(steps)][-1] for _ in range(epochs)]
+    assert pd.read_csv(run / "history.csv")["alpha"].tolist() == pytest.approx(expected)

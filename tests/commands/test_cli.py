@@ -4,6 +4,7 @@ import subprocess
 import sys
 
 import pytest
+import typer
 from typer.testing import CliRunner
 
 from trustmed.cli import COMMAND_MODULES, app
@@ -39,3 +40,37 @@ def test_missing_config_file_is_exit_2(tmp_path):
     )
     assert result.exit_code == 2
     assert "config file not found" in result.output
+
+
+def _leaf_commands(command, path=()):
+    children = getattr(command, "commands", {})
+    if not children:
+        yield path, command
+    for name, sub in children.items():
+        yield from _leaf_commands(sub, (*path, name))
+
+
+LEAVES = dict(_leaf_commands(typer.main.get_command(app)))
+
+
+def _option_help(command, flag: str) -> str | None:
+    return next((param.help for param in command.params if flag in getattr(param, "opts", [])), None)
+
+
+@pytest.mark.parametrize("path", sorted(LEAVES), ids=" ".join)
+def test_shared_option_help_holds_for_every_command(path):
+    command = LEAVES[path]
+    set_help = _option_help(command, "--set")
+    if set_help is not None:
+        # A placeholder, not a real key: no key exists in every command's config.
+        assert "--set key.sub=value" in set_help
+    out_help = _option_help(command, "--out")
+    if out_help is not None and "directory" in out_help:
+        assert "replaced as a whole" in out_help
+
+
+def test_console_script_prints_version():
+    import trustmed
+
+    proc = subprocess.run([sys.executable, "-m", "trustmed.cli", "--version"], capture_output=True, text=True)
+    assert proc.returncode == 0 and proc.stdout.strip() == f"trustmed {trustmed.__version__}"

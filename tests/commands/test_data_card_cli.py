@@ -49,3 +49,12 @@ def test_card_bad_input_exit_2(tmp_path):
     assert result.exit_code == 2 and "unknown option(s) findng" in result.output
     result = runner.invoke(app, ["data", "card", "nih_typo", "--root", str(folder)])
     assert result.exit_code == 2 and "unknown dataset" in result.output
+
+
+def test_card_of_a_grounding_dataset_is_refused(tmp_path):
+    out = tmp_path / "o"
+    result = CliRunner().invoke(app, ["data", "card", "mscxr", "--root", str(tmp_path), "--out", str(out)])
+    assert result.exit_code == 2 and "'mscxr' is a grounding table" in result.output
+    assert not out.exists()
+    result = CliRunner().invoke(app, ["data", "card", "--root", str(tmp_path), "--out", str(out)])
+    assert result.exit_code == 2 and "give a dataset name" in result.output

@@ -1,4 +1,4 @@
-"""``trustmed debias`` and ``trustmed debias compare`` on a tiny SynthSkin, and their bad-input paths."""
+"""``trustmed debias run | compare | apply-thresholds`` on a tiny SynthSkin, and their bad-input paths."""
 
 import json
 
@@ -29,10 +29,15 @@ def workspace(tmp_path_factory):
     return root, data, ckpt
 
 
-def test_help_shows_the_single_run_options_and_compare():
+def test_debias_is_a_group_of_run_compare_and_apply_thresholds():
     result = runner.invoke(app, ["debias", "--help"])
     assert result.exit_code == 0
-    for word in ("--method", "--checkpoint", "--external", "--attribute", "compare"):
+    for word in ("run", "compare", "apply-thresholds"):
+        assert word in result.output, word
+    assert "--method" not in result.output
+    result = runner.invoke(app, ["debias", "run", "--help"])
+    assert result.exit_code == 0
+    for word in ("--method", "--checkpoint", "--external", "--attribute", "swift", "group_thresholds"):
         assert word in result.output, word
 
 
@@ -41,6 +46,7 @@ def test_single_method_writes_checkpoint_predictions_and_audits(workspace):
     out = root / "swift_run"
     args = [
         "debias",
+        "run",
         "--method",
         "swift",
         "--checkpoint",
@@ -79,11 +85,20 @@ def test_single_method_writes_checkpoint_predictions_and_audits(workspace):
 
 
 def test_group_thresholds_run_saves_thresholds_that_reproduce_its_decisions(workspace):
-    from trustmed.debias.baselines import GroupThresholds
+    from trustmed.debias.thresholds import GroupThresholds
 
     root, data, ckpt = workspace
     out = root / "thresholds_run"
-    args = ["debias", "--method", "group_thresholds", "--checkpoint", str(ckpt), "--external", str(data)]
+    args = [
+        "debias",
+        "run",
+        "--method",
+        "group_thresholds",
+        "--checkpoint",
+        str(ckpt),
+        "--external",
+        str(data),
+    ]
     result = runner.invoke(app, [*args, "--attribute", "skin_tone", "--out", str(out), *FAST])
     assert result.exit_code == 0, result.output
     summary = json.loads((out / "debias.json").read_text())
@@ -184,7 +199,7 @@ def test_external_set_with_a_single_group_is_rejected(workspace, tmp_path):
     manifest.loc[manifest["split"] == "external", "skin_tone"] = "light"
     csv = tmp_path / "manifest.csv"
     manifest.to_csv(csv, index=False)
-    args = ["debias", "--checkpoint", str(ckpt), "--external", str(csv), "--attribute", "skin_tone"]
+    args = ["debias", "run", "--checkpoint", str(ckpt), "--external", str(csv), "--attribute", "skin_tone"]
     _expect_error(args, tmp_path / "out", "single group")
 
 
@@ -197,13 +212,13 @@ def test_external_set_with_a_single_class_is_rejected(workspace, tmp_path):
     manifest = manifest[(manifest["split"] != "external") | (manifest["label"] == 1)]
     csv = tmp_path / "manifest.csv"
     manifest.to_csv(csv, index=False)
-    args = ["debias", "--checkpoint", str(ckpt), "--external", str(csv), "--attribute", "skin_tone"]
+    args = ["debias", "run", "--checkpoint", str(ckpt), "--external", str(csv), "--attribute", "skin_tone"]
     _expect_error(args, tmp_path / "out", "both classes")
 
 
 def test_missing_attribute_is_rejected(workspace, tmp_path):
     _, data, ckpt = workspace
-    args = ["debias", "--checkpoint", str(ckpt), "--external", str(data), "--attribute", "ethnicity"]
+    args = ["debias", "run", "--checkpoint", str(ckpt), "--external", str(data), "--attribute", "ethnicity"]
     _expect_error(args, tmp_path / "out", "'ethnicity' not found")
 
 
@@ -215,7 +230,7 @@ def test_checkpoint_not_matching_its_model_json_is_rejected(workspace, tmp_path)
     payload = json.loads((ckpt / "model.json").read_text())
     payload["spec"]["width"] = 8
     (bad / "model.json").write_text(json.dumps(payload))
-    args = ["debias", "--checkpoint", str(bad), "--external", str(data), "--attribute", "skin_tone"]
+    args = ["debias", "run", "--checkpoint", str(bad), "--external", str(data), "--attribute", "skin_tone"]
     _expect_error(args, tmp_path / "out", "do not match")
     _expect_error(
         ["debias", "compare", "--checkpoint", str(bad), "--external", str(data)],
@@ -227,11 +242,114 @@ def test_checkpoint_not_matching_its_model_json_is_rejected(workspace, tmp_path)
 def test_example_configs_load():
     from pathlib import Path
 
-    from trustmed.commands.debias import DebiasCompareConfig
     from trustmed.config import load_config
+    from trustmed.debias.run import DebiasCompareConfig
+    from trustmed.debias.selection import check_plan
 
     examples = sorted((Path(__file__).parents[2] / "examples").glob("debias_*.yaml"))
     assert len(examples) == 5
     for path in examples:
         cfg = load_config(DebiasCompareConfig, path)
         assert cfg.attribute and cfg.data.root is not None
+        check_plan(cfg.methods or [], cfg.grids)  # every method and grid parameter is a registered one
+
+
+def test_unknown_method_parameter_is_named_with_the_valid_ones(workspace, tmp_path):
+    _, data, ckpt = workspace
+    args = [
+        "debias",
+        "run",
+        "--checkpoint",
+        str(ckpt),
+        "--external",
+        str(data),
+        "--set",
+        "params.lr_forgt=0.1",
+    ]
+    _expect_error(args, tmp_path / "out", "unknown parameter 'lr_forgt' of method 'swift'; valid: ")
+    _expect_error(
+        [*args[:2], "--method", "nope", *args[2:6]], tmp_path / "out", "unknown debiasing method 'nope'"
+    )
+
+
+def test_rows_with_unknown_attribute_are_left_out_of_every_output(workspace, tmp_path):
+    root, data, ckpt = workspace
+    from trustmed.data import load_dataset
+
+    manifest = load_dataset("fitzpatrick17k", data)
+    manifest["path"] = [str(data / p) for p in manifest["path"]]
+    test_rows = manifest.index[manifest["split"] == "test"]
+    manifest.loc[test_rows[:5], "skin_tone"] = "unknown"
+    csv = tmp_path / "manifest.csv"
+    manifest.to_csv(csv, index=False)
+    out = tmp_path / "out"
+    args = [
+        "debias",
+        "run",
+        "--method",
+        "group_thresholds",
+        "--checkpoint",
+        str(ckpt),
+        "--external",
+        str(csv),
+    ]
+    result = runner.invoke(app, [*args, "--out", str(out), *FAST])
+    assert result.exit_code == 0, result.output
+    before = pd.read_csv(out / "predictions_before_test.csv")
+    after = pd.read_csv(out / "predictions_test.csv")
+    assert len(before) == len(after) == len(test_rows) - 5
+    assert before["sample_id"].tolist() == after["sample_id"].tolist()
+    assert "unknown" not in set(after["skin_tone"])
+    metrics = json.loads((out / "audit_before/test/metrics.json").read_text())
+    assert sum(g["n"] for g in metrics["groups"].values()) == len(test_rows) - 5
+
+
+def test_external_fraction_of_the_recorded_training_set(workspace, tmp_path):
+    root, data, ckpt = workspace
+    model, spec, meta = load_checkpoint(ckpt)
+    sized = save_checkpoint(model, spec, tmp_path / "sized", config=meta["config"], training={"n_train": 400})
+    base = [
+        "debias",
+        "run",
+        "--method",
+        "fairprune",
+        "--external",
+        str(data),
+        "--set",
+        "external_fraction=0.05",
+    ]
+    result = runner.invoke(app, [*base, "--checkpoint", str(sized), "--out", str(tmp_path / "out"), *FAST])
+    assert result.exit_code == 0, result.output
+    assert json.loads((tmp_path / "out" / "debias.json").read_text())["n_fit"] == 20
+    _expect_error([*base, "--checkpoint", str(ckpt)], tmp_path / "out2", "external_fraction needs")
+
+
+def test_a_registered_method_runs_from_the_command_line(workspace, tmp_path):
+    from trustmed.debias.fairprune import FairPrune
+    from trustmed.debias.registry import METHODS, Method, register
+
+    root, data, ckpt = workspace
+    register(Method("prune_half", FairPrune, grid=({"prune_ratio": 0.5},)))
+    try:
+        base = ["--checkpoint", str(ckpt), "--external", str(data)]
+        result = runner.invoke(
+            app, ["debias", "run", "--method", "prune_half", *base, "--out", str(tmp_path / "run"), *FAST]
+        )
+        assert result.exit_code == 0, result.output
+        assert json.loads((tmp_path / "run" / "debias.json").read_text())["method"] == "prune_half"
+        compare = [
+            "debias",
+            "compare",
+            *base,
+            "--set",
+            "methods=[erm,prune_half]",
+            "--set",
+            "eval_splits=[test]",
+        ]
+        result = runner.invoke(app, [*compare, "--out", str(tmp_path / "compare"), *FAST])
+        assert result.exit_code == 0, result.output
+        table = pd.read_csv(tmp_path / "compare" / "comparison.csv")
+        assert set(table["method"]) == {"erm", "prune_half"}
+        assert set(table.loc[table["method"] == "prune_half", "params"]) == {"prune_ratio=0.5"}
+    finally:
+        METHODS.pop("prune_half")

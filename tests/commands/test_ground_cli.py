@@ -1,4 +1,4 @@
-"""``trustmed ground``: default action, eval, train-ldm, and bad input (exit 2, nothing written)."""
+"""``trustmed ground``: run, eval, tune, train-ldm, and bad input (exit 2, nothing written)."""
 
 from __future__ import annotations
 
@@ -28,10 +28,11 @@ def image_file(tmp_path_factory):
     return path
 
 
-def test_default_action_writes_heatmap_and_overlay(tmp_path, model_dir, image_file):
+def test_run_writes_heatmap_and_overlay(tmp_path, model_dir, image_file):
     out = tmp_path / "run"
     args = [
         "ground",
+        "run",
         "--model",
         str(model_dir),
         "--image",
@@ -46,6 +47,17 @@ def test_default_action_writes_heatmap_and_overlay(tmp_path, model_dir, image_fi
     assert (out / "overlay.png").stat().st_size > 1000
     run = json.loads((out / "run.json").read_text())
     assert run["config"]["grounding"]["num_steps"] == 5
+    assert run["config"]["grounding"]["token_set"] == "content"  # without a prompt: the paper's tokens
+
+
+def test_ground_is_a_group_without_an_action_of_its_own(tmp_path, model_dir, image_file):
+    result = runner.invoke(app, ["ground"])
+    assert all(name in result.output for name in ("run", "eval", "tune", "train-ldm"))
+    out = tmp_path / "run"
+    args = ["ground", "--model", str(model_dir), "--image", str(image_file), "--text", "nodule"]
+    result = runner.invoke(app, [*args, "--out", str(out)])
+    assert result.exit_code == 2 and "No such option" in result.output
+    assert not out.exists()
 
 
 @pytest.mark.parametrize(
@@ -71,7 +83,7 @@ def test_model_missing_a_component(tmp_path, image_file, model_dir):
     broken = tmp_path / "broken"
     shutil.copytree(model_dir, broken)
     shutil.rmtree(broken / "text_encoder")
-    args = ["ground", "--model", str(broken), "--image", str(image_file), "--text", "nodule"]
+    args = ["ground", "run", "--model", str(broken), "--image", str(image_file), "--text", "nodule"]
     result = runner.invoke(app, [*args, "--out", str(tmp_path / "o"), "--quiet"])
     assert result.exit_code == 2 and "text_encoder" in result.output
     assert not (tmp_path / "o").exists()
@@ -152,6 +164,7 @@ def test_tune_then_apply_the_prompt(tmp_path, model_dir, image_file, tune_data):
     assert summary["cpu_time_s"] > 0 and summary["history"]
     ground = [
         "ground",
+        "run",
         "--model",
         str(model_dir),
         "--image",
@@ -169,12 +182,34 @@ def test_tune_then_apply_the_prompt(tmp_path, model_dir, image_file, tune_data):
     # a different base model is refused: exit 2, nothing written
     other = make_random_monai_ldm(tmp_path / "other", seed=5)
     bad_run = tmp_path / "bad"
-    ground[2] = str(other)
+    ground[3] = str(other)
     result = runner.invoke(
         app, [*ground, "--prompt-tuning", str(out), "--out", str(bad_run), "--quiet", *FAST]
     )
     assert result.exit_code == 2 and "refusing to apply" in result.output
     assert not bad_run.exists()
+    # grounding settings other than the prompt was trained for are refused, naming both values
+    ground[3] = str(model_dir)
+    band = ["--set", "grounding.band=[0.2,0.4]"]
+    result = runner.invoke(app, [*ground, "--prompt-tuning", str(out), "--out", str(bad_run), *band, *FAST])
+    assert result.exit_code == 2 and "band=[0.4, 0.6]" in result.output and "band=[0.2, 0.4]" in result.output
+    assert not bad_run.exists()
+
+
+def test_tune_lora_recipe_is_under_the_config_file(tmp_path, model_dir, tune_data):
+    config = tmp_path / "tune.yaml"
+    config.write_text("prompt:\n  n_ctx: 3\n  epochs: 1\n  batch_size: 4\n")
+    out = tmp_path / "prompt"
+    args = ["ground", "tune", "--model", str(model_dir), "--root", str(tune_data), "--config", str(config)]
+    result = runner.invoke(app, [*args, "--lora", "--out", str(out), "--quiet"])
+    assert result.exit_code == 0, result.output
+    meta = json.loads((out / "prompt.json").read_text())
+    assert meta["n_ctx"] == 3 and meta["config"]["lr"] == 0.01 and meta["lora"] is not None
+    assert (meta["token_set"], meta["layers"], meta["band"]) == ("end_and_padding", "bottleneck", [0.4, 0.6])
+    result = runner.invoke(app, [*args, "--no-lora", "--out", str(tmp_path / "plain"), "--quiet"])
+    assert result.exit_code == 0, result.output
+    meta = json.loads((tmp_path / "plain" / "prompt.json").read_text())
+    assert meta["lora"] is None and meta["config"]["lr"] == 0.03
 
 
 def test_tune_bad_input_exit_2(tmp_path, model_dir, tune_data):
@@ -203,11 +238,20 @@ def test_tune_bad_input_exit_2(tmp_path, model_dir, tune_data):
     assert result.exit_code == 2 and "did you mean" in result.output
 
 
+def test_eval_bad_dataset_flag_is_named(tmp_path, model_dir):
+    out = tmp_path / "eval"
+    result = runner.invoke(
+        app, ["ground", "eval", "--model", str(model_dir), "--dataset", "chexpert", "--out", str(out)]
+    )
+    assert result.exit_code == 2 and "--dataset" in result.output
+    assert not out.exists()
+
+
 def test_example_configs_load_and_match_the_defaults():
     from pathlib import Path
 
-    from trustmed.commands.ground import GroundEvalConfig, GroundTuneConfig
     from trustmed.config import load_config
+    from trustmed.grounding.pipeline import GroundEvalConfig, GroundTuneConfig
 
     examples = Path(__file__).resolve().parents[2] / "examples"
     tune = load_config(GroundTuneConfig, examples / "prompt_tuning_synthcxr.yaml")

@@ -1,4 +1,5 @@
-"""DICOM reading (MONOCHROME1/2, 16-bit, Modality and VOI LUT) and skip_bad_images."""
+"""DICOM reading (MONOCHROME1/2, 16-bit, Modality and VOI LUT), one reader for every capability, and
+skip_bad_images."""
 
 from __future__ import annotations
 
@@ -8,7 +9,8 @@ import pytest
 import torch
 from PIL import Image
 
-from trustmed.data.images import ImageDataset, make_loader, read_image
+from trustmed.data import mscxr
+from trustmed.data.images import ImageDataset, make_loader, read_grayscale, read_image
 from trustmed.errors import InputError
 
 pydicom = pytest.importorskip("pydicom")
@@ -69,6 +71,55 @@ def test_modality_and_voi_window_applied(tmp_path):
     expected = np.clip((value - (centre - 0.5)) / (width - 1) + 0.5, 0.0, 1.0)
     np.testing.assert_allclose(image, expected, atol=2e-3)
     assert (image[value <= centre - width / 2] == 0).all() and (image[value >= centre + width / 2] == 1).all()
+
+
+def _scaled_by_bits_stored(path):
+    """How grounding used to read a DICOM: stored value / (2**BitsStored - 1), no Modality or VOI LUT."""
+    ds = pydicom.dcmread(path)
+    return ds.pixel_array.astype(np.float32) / float(2 ** int(ds.BitsStored) - 1)
+
+
+def test_classification_and_grounding_see_the_same_pixels_of_a_narrow_window_dicom(tmp_path):
+    pixels = ramp(4000)  # 16 bits stored, a narrow window over the low values
+    path = write_dicom(tmp_path / "narrow.dcm", pixels, window=(2000.0, 1000.0), rescale=(1.0, 0.0))
+    classification = ImageDataset(
+        pd.DataFrame(
+            {"sample_id": ["a"], "path": [path.name], "label": [1], "split": "test", "patient_id": "a"}
+        ),
+        tmp_path,
+        image_size=16,
+        channels=1,
+        cache=False,
+    )[0]["image"][0].numpy()
+    grounding = mscxr.read_image(path)
+    assert grounding.shape == (16, 16) and grounding.dtype == np.float32
+    np.testing.assert_allclose(grounding, read_image(path, channels=1)[0], atol=0)
+    np.testing.assert_allclose(grounding, classification, atol=1e-5)  # the 16→16 resize keeps the pixels
+    assert grounding.min() == 0.0 and grounding.max() == 1.0  # the window spans [0, 1]
+    assert mscxr.read_image is read_grayscale
+    # the former grounding reader saw the same file in [0, 0.06]: this test tells the two apart
+    old = _scaled_by_bits_stored(path)
+    assert old.max() < 0.07 and not np.allclose(old, grounding, atol=0.1)
+
+
+def test_16_bit_png_is_scaled_by_its_maximum_for_every_capability(tmp_path):
+    pixels = ramp(4000)
+    Image.fromarray(pixels).save(tmp_path / "wide.png")
+    gray = mscxr.read_image(tmp_path / "wide.png")
+    np.testing.assert_allclose(
+        gray, pixels / 4000.0, atol=1e-6
+    )  # 12 bits used of 16: not dimmed, not clipped
+    np.testing.assert_array_equal(read_image(tmp_path / "wide.png", channels=3), np.repeat(gray[None], 3, 0))
+    item = ImageDataset(
+        pd.DataFrame(
+            {"sample_id": ["w"], "path": ["wide.png"], "label": [0], "split": "test", "patient_id": "w"}
+        ),
+        tmp_path,
+        image_size=16,
+        channels=1,
+        cache=False,
+    )[0]["image"][0].numpy()
+    np.testing.assert_allclose(item, gray, atol=1e-5)
 
 
 def test_dicom_without_pixel_data_and_garbage(tmp_path):

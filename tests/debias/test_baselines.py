@@ -1,17 +1,20 @@
-"""Baselines of post-hoc debiasing and the comparison's selection rule."""
+"""Baselines of post-hoc debiasing, the comparison's selection rule and its table."""
 
 import numpy as np
 import pandas as pd
 import pytest
 import torch
 
-from trustmed.debias.baselines import GroupThresholds, RetrainFair
 from trustmed.debias.bmft import BMFT
-from trustmed.debias.compare import _select, compare_methods, comparison_table, dominating_methods, subsample
+from trustmed.debias.data import GroupedSet, subsample
 from trustmed.debias.fairprune import FairPrune
-from trustmed.debias.finetune import FineTune, GroupedSet
+from trustmed.debias.finetune import FineTune
 from trustmed.debias.importance import hard_mask
 from trustmed.debias.losses import bias_loss_from_probs
+from trustmed.debias.retrain import RetrainFair
+from trustmed.debias.selection import compare_methods, select_setting
+from trustmed.debias.tables import comparison_table, dominating_methods
+from trustmed.debias.thresholds import GroupThresholds
 from trustmed.errors import InputError
 from trustmed.models import ModelSpec, build_model
 
@@ -157,8 +160,8 @@ def test_selection_guard_rejects_collapsed_models():
         {"auc": 0.785, "balanced_accuracy": 0.685, "eodds_mean_gap": 0.10},
         {"auc": 0.70, "balanced_accuracy": 0.70, "eodds_mean_gap": 0.05},  # AUC too low
     ]
-    assert _select(search, reference, 0.02, "eodds_mean_gap") == (2, True)
-    assert _select(search[:1] + search[3:], reference, 0.02, "eodds_mean_gap") == (1, False)
+    assert select_setting(search, reference, 0.02, "eodds_mean_gap") == (2, True)
+    assert select_setting(search[:1] + search[3:], reference, 0.02, "eodds_mean_gap") == (1, False)
 
 
 def test_dominance_needs_non_overlapping_cis():
@@ -204,7 +207,7 @@ def test_compare_runs_every_requested_method_and_flags_attribute_use():
         methods=["erm", "swift", "swift_nomask", "fairprune", "retrain_fair", "group_thresholds"],
         grids={"swift": [{"batch_size": 32}], "fairprune": [{"prune_ratio": 0.02}], "retrain_fair": [{}]},
         epochs=1,
-        retrain_schedule={"optim": {"epochs": 1}},
+        train_config={"optim": {"epochs": 1}},
         n_boot=20,
         eval_splits=("test",),
     )

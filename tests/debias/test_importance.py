@@ -5,7 +5,7 @@ import pytest
 import torch
 from torch import nn
 
-from trustmed.debias.finetune import GroupedSet
+from trustmed.debias.data import GroupedSet
 from trustmed.debias.importance import fisher_importance, hard_mask, minmax_normalise, soft_mask
 from trustmed.debias.swift import SWiFT
 from trustmed.models import Classifier

@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 import torch
 
-from trustmed.debias.finetune import GroupedSet, balanced_indices
+from trustmed.debias.data import GroupedSet, balanced_indices
 from trustmed.debias.swift import SWiFT
 from trustmed.errors import InputError
 from trustmed.models import ModelSpec, build_model

@@ -1,8 +1,12 @@
-"""The contrastive grounding baseline: geometry, save/load, training, the two losses, bad input."""
+"""The contrastive grounding baseline of the benchmarks (``benchmarks/_lib/contrastive.py``) and the
+grounding benchmarks' shared helpers: geometry, save/load, training, the two losses, bad input."""
 
 from __future__ import annotations
 
+import doctest
 import json
+import sys
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
@@ -10,7 +14,11 @@ import pytest
 import torch
 
 from trustmed.errors import InputError
-from trustmed.grounding.contrastive import (
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "benchmarks"))
+from _lib import contrastive as contrastive_module  # noqa: E402
+from _lib import grounding as bench_grounding  # noqa: E402
+from _lib.contrastive import (  # noqa: E402
     ContrastiveConfig,
     ContrastiveGrounder,
     ContrastiveModel,
@@ -209,3 +217,16 @@ def test_info_nce_leaves_out_ignored_pairs():
     assert info_nce(boosted) > info_nce(logits) + 10
     # a diagonal entry is never ignored
     torch.testing.assert_close(info_nce(logits, torch.eye(4, dtype=torch.bool)), info_nce(logits))
+
+
+@pytest.mark.parametrize("module", [contrastive_module, bench_grounding], ids=lambda m: m.__name__)
+def test_doctests_of_the_benchmark_modules(module):
+    result = doctest.testmod(module, optionflags=doctest.ELLIPSIS)
+    assert result.attempted > 0 and result.failed == 0
+
+
+def test_the_earlier_recipe_is_a_valid_prompt_config():
+    from trustmed.grounding.prompt_tuning import PromptTuningConfig
+
+    cfg = PromptTuningConfig(**bench_grounding.INPUT_RECIPE)
+    assert (cfg.output_ctx, cfg.align_loss, cfg.epochs) == (False, "kl", 12)

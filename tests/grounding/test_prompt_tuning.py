@@ -13,11 +13,9 @@ from trustmed.data.synth.cxr import make_synthcxr
 from trustmed.errors import InputError
 from trustmed.grounding.ldm import load_ldm, make_random_monai_ldm, tiny_ldm_path
 from trustmed.grounding.prompt_tuning import (
-    LORA_RECIPE,
+    LoraPromptTuningConfig,
     PromptTuningConfig,
     TunedPrompt,
-    _step_losses,
-    _Tuner,
     alignment_loss,
     attention_heat,
     build_examples,
@@ -25,6 +23,7 @@ from trustmed.grounding.prompt_tuning import (
     ldm_fingerprint,
     train_prompt,
 )
+from trustmed.grounding.prompt_tuning.trainer import _step_losses, _Tuner
 from trustmed.grounding.zero_shot import GroundingConfig, ZeroShotGrounder, tokenize_phrases
 
 FAST = dict(epochs=2, batch_size=8, val_fraction=0.25, lr=0.05, n_ctx=4)  # the test model reads 16 tokens
@@ -266,8 +265,8 @@ def test_lora_trains_adapters_and_alignment_falls(tiny, tiny_examples, tmp_path)
     """On the shipped tiny LDM the captured attention moves into the sentences' anatomy."""
     ldm, examples = tiny, tiny_examples
     before = _state(ldm.unet)
-    settings = {**FAST, **LORA_RECIPE, "epochs": 10, "lr": 0.02, "val_fraction": 0.0}
-    cfg = PromptTuningConfig(**settings, lora_rank=2)
+    settings = {**FAST, "epochs": 10, "lr": 0.02, "val_fraction": 0.0}
+    cfg = LoraPromptTuningConfig(**settings, lora_rank=2)
     prompt, summary = train_prompt(ldm, examples, cfg)
     assert all(torch.equal(before[k], v) for k, v in ldm.unet.state_dict().items())
     assert prompt.lora_state and any(
@@ -316,8 +315,60 @@ def test_prompt_is_refused_on_another_base_model(ldm, examples, tmp_path):
 
 def test_grounder_uses_the_prompts_token_set(ldm):
     prompt = TunedPrompt(2, 16, meta={"token_set": "content"})
-    grounder = ZeroShotGrounder(ldm, GroundingConfig(token_set="end_and_padding"), prompt=prompt)
+    grounder = ZeroShotGrounder(ldm, GroundingConfig(), prompt=prompt)
     assert grounder.config.token_set == "content"
+    assert ZeroShotGrounder(ldm, GroundingConfig()).config.token_set == "content"  # the paper's tokens
+    unrecorded = TunedPrompt(2, 16)  # a prompt that records no token set reads its tokenizer default
+    assert ZeroShotGrounder(ldm, GroundingConfig(), prompt=unrecorded).config.token_set == "end_and_padding"
+
+
+def test_prompt_records_its_readout_and_the_grounder_checks_it(ldm, examples, tmp_path):
+    cfg = PromptTuningConfig(**{**FAST, "epochs": 1}, layers="all", band=(0.3, 0.5), token_set="content")
+    prompt, _ = train_prompt(ldm, examples, cfg)
+    prompt.save(tmp_path / "p")
+    meta = json.loads((tmp_path / "p" / "prompt.json").read_text())
+    assert (meta["token_set"], meta["layers"], meta["band"]) == ("content", "all", [0.3, 0.5])
+    loaded = TunedPrompt.load(tmp_path / "p")
+    same = GroundingConfig(num_steps=10, layers="all", band=(0.3, 0.5), token_set="content")
+    image = np.random.default_rng(0).random((32, 32)).astype(np.float32)
+    assert ZeroShotGrounder(ldm, same, prompt=loaded).ground([image], ["left effusion"])[0].shape == (32, 32)
+    for key, value, shown in (
+        ("band", (0.4, 0.6), r"band=\[0.3, 0.5\] but the grounding config has band=\[0.4, 0.6\]"),
+        ("layers", "bottleneck", "layers=all but the grounding config has layers=bottleneck"),
+        ("token_set", "end_and_padding", "token_set=content but .* token_set=end_and_padding"),
+    ):
+        with pytest.raises(InputError, match=shown):
+            ZeroShotGrounder(ldm, same.model_copy(update={key: value}), prompt=loaded)
+    # token_set left empty follows the prompt
+    assert ZeroShotGrounder(
+        ldm, same.model_copy(update={"token_set": None}), prompt=loaded
+    ).config.token_set == ("content")
+    # a prompt file from before the readout was recorded loads, and nothing of it is checked
+    for key in ("token_set", "layers", "band"):
+        meta.pop(key)
+    (tmp_path / "p" / "prompt.json").write_text(json.dumps(meta))
+    old = TunedPrompt.load(tmp_path / "p")
+    grounder = ZeroShotGrounder(
+        ldm, GroundingConfig(num_steps=10, band=(0.1, 0.2), token_set="content"), prompt=old
+    )
+    assert grounder.config.band == (0.1, 0.2) and grounder.config.layers == "bottleneck"
+
+
+def test_training_draws_timesteps_in_the_band(ldm, examples, monkeypatch):
+    from trustmed.grounding.prompt_tuning import trainer
+
+    drawn = []
+    real = torch.randint
+
+    def spy(low, high, size, **kwargs):
+        drawn.append((low, high))
+        return real(low, high, size, **kwargs)
+
+    monkeypatch.setattr(trainer.torch, "randint", spy)
+    cfg = PromptTuningConfig(**{**FAST, "epochs": 1, "token_noise": 0.0}, band=(0.3, 0.5))
+    train_prompt(ldm, examples, cfg)
+    T = ldm.num_train_timesteps
+    assert drawn and set(drawn) == {(round(0.3 * T), round(0.5 * T))}
 
 
 def test_bad_training_input(ldm, data, tmp_path):

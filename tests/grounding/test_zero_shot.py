@@ -8,7 +8,13 @@ import torch
 
 from trustmed.errors import InputError
 from trustmed.grounding.heatmaps import crop_info, postprocess, uncrop
-from trustmed.grounding.inversion import ddim_invert, ddim_timesteps, to_epsilon_and_x0
+from trustmed.grounding.inversion import (
+    band_steps,
+    band_timesteps,
+    ddim_invert,
+    ddim_timesteps,
+    to_epsilon_and_x0,
+)
 from trustmed.grounding.ldm import load_ldm, make_alphas_cumprod, make_random_monai_ldm
 from trustmed.grounding.zero_shot import GroundingConfig, ZeroShotGrounder, prepare_image
 
@@ -103,3 +109,43 @@ def test_bad_input(ldm):
         prepare_image(np.zeros((4, 32, 32)), ldm)
     with pytest.raises(InputError, match="one phrase per image"):
         g.ground([image, image], ["nodule"])
+
+
+@pytest.mark.parametrize("spacing", ["trailing", "leading", "linspace"])
+def test_band_is_a_part_of_the_noise_schedule(spacing):
+    """The recorded steps are those whose timestep lies in [band[0]·T, band[1]·T), for any spacing."""
+    for band in ((0.4, 0.6), (0.0, 0.2), (0.75, 1.0)):
+        lo, hi = band_timesteps(band, 1000)
+        for n in (7, 20, 50, 300):
+            steps = ddim_timesteps(1000, n, spacing)
+            chosen = band_steps(steps, band, 1000)
+            inside = [i for i, t in enumerate(steps) if lo <= t < hi]
+            assert list(chosen) == inside or (not inside and len(chosen) == 1)
+    # leading spacing stops at 900: the band is read in timesteps, not as a share of the steps
+    leading = ddim_timesteps(1000, 300, "leading")
+    assert [int(leading[i]) for i in band_steps(leading, (0.4, 0.6), 1000)][::65] == [402, 597]
+
+
+def test_grounder_records_only_the_band(ldm, monkeypatch):
+    from trustmed.grounding import zero_shot
+
+    seen = {}
+    real = zero_shot.aggregate_maps
+
+    def spy(maps, weights, size, *, steps=None):
+        seen["steps"] = steps
+        return real(maps, weights, size, steps=steps)
+
+    monkeypatch.setattr(zero_shot, "aggregate_maps", spy)
+    image = [np.random.default_rng(2).random((32, 32)).astype(np.float32)]
+    ZeroShotGrounder(ldm, GroundingConfig(num_steps=20, band=(0.25, 0.5))).ground(image, ["nodule"])
+    assert ldm.num_train_timesteps == 1000 and seen["steps"] == {299, 349, 399, 449, 499}  # [250, 500)
+
+
+def test_band_must_be_an_increasing_pair_of_fractions():
+    from trustmed.config import load_config
+    from trustmed.grounding.pipeline import GroundRunConfig
+
+    for bad in ("[0.6,0.4]", "[0.2,1.5]", "[0.5,0.5]"):
+        with pytest.raises(InputError, match="grounding.band.*0 <= start < end <= 1"):
+            load_config(GroundRunConfig, None, [f"grounding.band={bad}"])

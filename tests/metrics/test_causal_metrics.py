@@ -1,10 +1,13 @@
 """Causal-representation metrics: MCC, R², order divergence, SHD."""
 
 import itertools
+import subprocess
+import sys
 
 import numpy as np
 import pytest
 
+from trustmed.causal import score_order
 from trustmed.errors import InputError
 from trustmed.metrics.causal import (
     causal_metrics,
@@ -70,7 +73,7 @@ def test_causal_metrics_keys_and_bad_input():
     z = rng.normal(size=(300, 3))
     z[:, 1] += np.tanh(2 * z[:, 0])
     adj = np.array([[0, 1, 0], [0, 0, 0], [0, 0, 0]])
-    out = causal_metrics(z, z[:, [1, 0, 2]], adj)
+    out = causal_metrics(z, z[:, [1, 0, 2]], adj, order_fn=score_order)
     assert {"mcc_pearson", "mcc_spearman", "r2", "order_divergence", "order_divergence_score"} <= set(out)
     assert out["mcc_pearson"] == pytest.approx(1.0)
     assert out["order_divergence"] == 1  # learned index 0 holds z1, the child
@@ -80,3 +83,20 @@ def test_causal_metrics_keys_and_bad_input():
     bad[0, 0] = np.nan
     with pytest.raises(InputError, match="NaN"):
         mcc(bad, z)
+
+
+def test_order_divergence_score_needs_an_order_function():
+    z = np.random.default_rng(4).normal(size=(100, 2))
+    adj = np.array([[0, 1], [0, 0]])
+    assert "order_divergence_score" not in causal_metrics(z, z, adj)
+    assert causal_metrics(z, z, adj, order_fn=lambda x: [1, 0])["order_divergence_score"] == 1
+
+
+def test_metrics_do_not_import_the_causal_methods():
+    code = (
+        "import sys, numpy as np; from trustmed.metrics.causal import causal_metrics; "
+        "z = np.random.default_rng(0).normal(size=(50, 2)); causal_metrics(z, z, np.eye(2) * 0); "
+        "print(sorted(m for m in sys.modules if m.startswith('trustmed.causal')))"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "[]"

@@ -27,7 +27,8 @@ from sklearn.metrics import (
 
 from trustmed.errors import InputError
 from trustmed.io import write_json
-from trustmed.metrics import fairness
+from trustmed.metrics import bootstrap, fairness
+from trustmed.metrics.bootstrap import Bootstrap
 from trustmed.metrics.fairness import (
     GAP_METRICS,
     GROUP_METRICS,
@@ -230,8 +231,7 @@ def test_weighted_replicate_equals_metrics_of_the_explicit_resample():
             for g in range(len(names))
         ]
     )
-    rngs = [np.random.default_rng(i) for i in range(len(names))]
-    weights = fairness._draw_weights(layout, rngs, 4)
+    weights = Bootstrap(layout.n, strata=layout.strata, seed=0).draw(4)
     result = fairness._evaluate(layout, weights)
     for r in range(4):
         rows = order[np.repeat(np.arange(layout.n), weights[r].astype(int))]
@@ -257,10 +257,10 @@ def test_bootstrap_is_stratified_and_clusters_keep_patients_whole():
     n = len(patient)
     y, s = rng.integers(0, 2, n), rng.random(n)
     layout, _ = fairness._prepare_inputs(y, s, group, 0.5, patient, None)
-    weights = fairness._draw_weights(layout, [np.random.default_rng(0), np.random.default_rng(1)], 200)
+    weights = Bootstrap(layout.n, strata=layout.strata, clusters=layout.clusters, seed=0).draw(200)
     for g in range(2):
         lo, hi = layout.offsets[g], layout.offsets[g + 1]
-        clusters = layout.clusters[g]
+        clusters = pd.factorize(layout.clusters[lo:hi])[0]
         block = weights[:, lo:hi]
         for c in range(clusters.max() + 1):
             cols = block[:, clusters == c]
@@ -269,7 +269,7 @@ def test_bootstrap_is_stratified_and_clusters_keep_patients_whole():
         first = np.array([np.flatnonzero(clusters == c)[0] for c in range(clusters.max() + 1)])
         assert (block[:, first].sum(axis=1) == clusters.max() + 1).all()
     plain, _ = fairness._prepare_inputs(y, s, group, 0.5, None, None)
-    w = fairness._draw_weights(plain, [np.random.default_rng(0), np.random.default_rng(1)], 200)
+    w = Bootstrap(plain.n, strata=plain.strata, seed=0).draw(200)
     for g in range(2):
         lo, hi = plain.offsets[g], plain.offsets[g + 1]
         assert (w[:, lo:hi].sum(axis=1) == hi - lo).all()
@@ -303,7 +303,7 @@ def test_seed_determinism_and_chunking():
 def test_chunk_size_does_not_change_results(monkeypatch):
     y, s, groups = _data(13, n=300)
     whole = fairness_report(y, s, groups=groups, n_boot=60, seed=0)
-    monkeypatch.setattr(fairness, "_CHUNK_ENTRIES", 300 * 7)
+    monkeypatch.setattr(bootstrap, "_CHUNK_ENTRIES", 300 * 7)
     chunked = fairness_report(y, s, groups=groups, n_boot=60, seed=0)
     # Equal up to the summation order of the matrix products.
     assert np.allclose(_leaves(whole), _leaves(chunked), rtol=0, atol=1e-12, equal_nan=True)

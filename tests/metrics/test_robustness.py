@@ -2,7 +2,12 @@ import numpy as np
 import pytest
 
 from trustmed.errors import InputError
-from trustmed.metrics.robustness import bootstrap_weights, robustness_metrics
+from trustmed.metrics.bootstrap import Bootstrap
+from trustmed.metrics.robustness import robustness_metrics
+
+
+def bootstrap_weights(groups, *, n_boot, seed=0, clusters=None):
+    return Bootstrap(len(groups), strata=groups, clusters=clusters, seed=seed).draw(n_boot)
 
 
 def _data(n=300, seed=0):

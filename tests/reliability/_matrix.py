@@ -142,7 +142,7 @@ def checkpoint_command(command: str, ckpt: Path, skin: Path, groups: Path, out: 
     args = {
         "audit": ["audit", "--checkpoint", ckpt, "--dataset", "fitzpatrick17k", "--root", skin,
                   "--group-col", "skin_tone", "--n-boot", "0"],
-        "debias": ["debias", "--method", "swift", "--checkpoint", ckpt, "--external", skin,
+        "debias": ["debias", "run", "--method", "swift", "--checkpoint", ckpt, "--external", skin,
                    "--attribute", "skin_tone", *sets(["epochs=1", "n_boot=0"])],
         "compare": ["debias", "compare", "--checkpoint", ckpt, "--external", skin, "--attribute", "skin_tone",
                     *sets(["quick=true", "epochs=1", "n_boot=0", "methods=[swift]"])],

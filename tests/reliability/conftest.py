@@ -141,7 +141,7 @@ def cxr_image(tmp_path_factory) -> Path:
 @pytest.fixture(scope="session")
 def thresholds(classifier, skin, tmp_path_factory) -> Path:
     out = tmp_path_factory.mktemp("thresholds") / "run"
-    args = ["debias", "--method", "group_thresholds", "--checkpoint", classifier, "--external", skin]
+    args = ["debias", "run", "--method", "group_thresholds", "--checkpoint", classifier, "--external", skin]
     result = invoke(*args, "--attribute", "skin_tone", "--out", out, "--quiet", *sets(["n_boot=0"]))
     assert result.exit_code == 0, result.output
     return out / "group_thresholds.json"

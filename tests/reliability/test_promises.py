@@ -19,7 +19,7 @@ from trustmed.outdir import MARKER
 COMMANDS = [
     ["audit"],
     ["train"],
-    ["debias"],
+    ["debias", "run"],
     ["debias", "compare"],
     ["distill"],
     ["demo"],
@@ -31,7 +31,6 @@ COMMANDS = [
     ["causal", "eval"],
     ["causal", "synth-anm"],
     ["causal", "synth-pendulum"],
-    ["ground"],
     ["ground", "run"],
     ["ground", "eval"],
     ["ground", "tune"],
@@ -182,7 +181,7 @@ def test_outputs_follow_the_umask(umask, file_mode, dir_mode, classifier, skin, 
     out = tmp_path / "debias"
     old = os.umask(umask)
     try:
-        args = ["debias", "--method", "finetune", "--checkpoint", classifier, "--external", skin]
+        args = ["debias", "run", "--method", "finetune", "--checkpoint", classifier, "--external", skin]
         result = invoke(*args, "--attribute", "skin_tone", "--out", out, *sets(["epochs=1", "n_boot=0"]))
     finally:
         os.umask(old)

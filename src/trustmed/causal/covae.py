@@ -23,13 +23,13 @@ The decoder is piecewise affine (LeakyReLU MLP, or LeakyReLU convolutions for im
 ``N(0, I)`` or a learnable Gaussian mixture, the identifiable choice of "Identifiability of deep
 generative models without auxiliary information" (Kivva et al., NeurIPS 2022, arXiv 2206.10044).
 
-Training runs through :func:`trustmed.train.fit`. ``alpha`` follows :class:`AlphaSchedule`: zero for
-``warmup_epochs`` epochs (the VAE first learns to reconstruct), then a linear ramp over
-``ramp_epochs`` epochs to its final value; the schedule is a stateful object saved with checkpoints.
+Training (:func:`trustmed.causal.pipeline.fit_covae`) lets ``alpha`` follow :class:`AlphaSchedule`:
+zero during warm-up (the VAE first learns to reconstruct), then a linear ramp to its final value.
 
 The ordering loss takes the latent index as the order, but its gradient cannot swap two latent units:
-it can only reshape them. ``reorder=True`` therefore permutes the units once, at the end of warm-up,
-into the order SCORE finds on the posterior means (:func:`permute_latents`), before ``alpha`` ramps up.
+it can only reshape them. :func:`reorder_by_score` therefore permutes the units into the order SCORE
+finds on the posterior means (:func:`permute_latents`); training does it once, at the end of warm-up,
+before ``alpha`` ramps up.
 """
 
 from __future__ import annotations
@@ -43,12 +43,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from trustmed.causal.stein import (
-    MIN_SAMPLES,
-    check_leaf_criterion,
-    nested_hessian_diag,
-    nested_residual_leafness,
-)
+from trustmed.causal.ordering import score_order
+from trustmed.causal.stein import check_leaf_criterion, nested_hessian_diag, nested_residual_leafness
 from trustmed.errors import InputError
 
 log = logging.getLogger(__name__)
@@ -57,15 +53,23 @@ __all__ = [
     "CoVAE",
     "CoVAEConfig",
     "AlphaSchedule",
+    "check_order_settings",
     "ordering_loss",
     "permute_latents",
-    "fit_covae",
     "encode",
     "reconstruct",
+    "reorder_by_score",
 ]
 
 
-def _check_criterion(criterion: str, scale_aware: bool) -> None:
+def check_order_settings(criterion: str, scale_aware: bool) -> None:
+    """Refuse an unknown leaf ``criterion``, or ``scale_aware`` with the (scale-free) residual one.
+
+    >>> check_order_settings("residual", scale_aware=True)  # doctest: +ELLIPSIS
+    Traceback (most recent call last):
+    ...
+    trustmed.errors.InputError: scale_aware: only for criterion='hessian' ...
+    """
     check_leaf_criterion(criterion)
     if criterion == "residual" and scale_aware:
         raise InputError("scale_aware: only for criterion='hessian' (the residual criterion is scale-free)")
@@ -99,7 +103,7 @@ def ordering_loss(
     """
     if z.ndim != 2 or z.shape[1] < 2:
         raise InputError(f"z: the ordering loss needs shape (n, d) with d >= 2, got {tuple(z.shape)}")
-    _check_criterion(criterion, scale_aware)
+    check_order_settings(criterion, scale_aware)
     if criterion == "residual":
         var = nested_residual_leafness(z, eta)  # (d-1, d), nan beyond each prefix
     else:
@@ -116,7 +120,10 @@ def ordering_loss(
 
 @dataclass
 class CoVAEConfig:
-    """Architecture of a :class:`CoVAE` (stored in ``model.json`` next to the weights)."""
+    """Architecture of a :class:`CoVAE` (stored in ``model.json`` next to the weights).
+
+    Its defaults are those of :class:`CoVAE` and of ``trustmed causal fit``'s ``model`` section.
+    """
 
     input_dim: int | None = None
     image_size: int | None = None
@@ -171,15 +178,15 @@ class CoVAE(nn.Module):
     def __init__(
         self,
         input_dim: int | None = None,
-        latent_dim: int = 5,
+        latent_dim: int = CoVAEConfig.latent_dim,
         *,
         image_size: int | None = None,
-        channels: int = 1,
-        hidden: int = 64,
-        depth: int = 2,
-        prior: str = "normal",
-        n_components: int = 8,
-        slope: float = 0.2,
+        channels: int = CoVAEConfig.channels,
+        hidden: int = CoVAEConfig.hidden,
+        depth: int = CoVAEConfig.depth,
+        prior: str = CoVAEConfig.prior,
+        n_components: int = CoVAEConfig.n_components,
+        slope: float = CoVAEConfig.slope,
     ):
         super().__init__()
         if (input_dim is None) == (image_size is None):
@@ -381,110 +388,23 @@ def reconstruct(model: CoVAE, x, *, batch_size: int = 512) -> np.ndarray:
     return torch.cat(chunks).numpy()
 
 
-def _reorder_by_score(model: CoVAE, data: Tensor, optimizer, eta: float, criterion: str) -> list[int]:
-    from trustmed.causal.ordering import score_order
+def reorder_by_score(
+    model: CoVAE, x, optimizer: torch.optim.Optimizer | None = None, *, eta: float, criterion: str
+) -> list[int]:
+    """Put the latent units of ``model`` in SCORE's order of the posterior means of ``x``; return it.
 
+    SCORE (:func:`trustmed.causal.score_order`, with leaf ``criterion`` and ridge ``eta``) orders the
+    posterior means of up to 1024 samples of ``x``; :func:`permute_latents` then renumbers the units
+    (and the optimiser's state) into that order. The model's train/eval mode is kept.
+
+    >>> model = CoVAE(input_dim=4, latent_dim=2)
+    >>> order = reorder_by_score(model, torch.randn(64, 4), eta=1e-3, criterion="hessian")
+    >>> sorted(order)
+    [0, 1]
+    """
     was_training = model.training
-    order = score_order(encode(model, data[:1024]), eta=eta, criterion=criterion)  # posterior means
+    order = score_order(encode(model, x[:1024]), eta=eta, criterion=criterion)
     model.train(was_training)  # encode() leaves the model in eval mode
     permute_latents(model, order, optimizer)
-    log.info("latent units reordered after warm-up into SCORE's order %s", order)
+    log.info("latent units reordered into SCORE's order %s", order)
     return order
-
-
-def fit_covae(
-    model: CoVAE,
-    x_train,
-    *,
-    x_val=None,
-    epochs: int = 30,
-    batch_size: int = 128,
-    lr: float = 1e-3,
-    alpha: float = 0.0,
-    beta: float = 1.0,
-    tau: float = 1.0,
-    eta: float = 1e-3,
-    scale_aware: bool = False,
-    criterion: str = "hessian",
-    warmup_epochs: int = 0,
-    ramp_epochs: int = 0,
-    reorder: bool = False,
-    seed: int = 0,
-    accelerator=None,
-    checkpoint_dir=None,
-    resume: bool = False,
-):
-    """Train ``model`` on ``x_train`` with ``-ELBO + alpha * L_order`` through :func:`trustmed.train.fit`.
-
-    Returns the :class:`trustmed.train.FitResult`; the history holds ``val_recon``, ``val_kl``,
-    ``val_order`` (ordering loss of the validation posterior means) and ``alpha`` per epoch. The last
-    epoch's weights are kept: no test data choose anything.
-
-    ``reorder=True`` (needs ``warmup_epochs > 0``) renumbers the latent units once, at the first step
-    after warm-up, into SCORE's order (:func:`trustmed.causal.score_order`, with the loss's
-    ``criterion``) of the posterior means of up to 1024 training samples (:func:`permute_latents`);
-    the order is logged.
-    """
-    from torch.utils.data import DataLoader, TensorDataset
-
-    from trustmed.train import fit
-
-    data = _as_tensor(x_train, "x_train")
-    if batch_size < MIN_SAMPLES and alpha > 0:
-        raise InputError(
-            f"batch_size: the ordering loss needs at least {MIN_SAMPLES} samples, got {batch_size}"
-        )
-    if len(data) < batch_size:
-        raise InputError(f"x_train: {len(data)} samples, fewer than one batch of {batch_size}")
-    _check_criterion(criterion, scale_aware)
-    if reorder and (warmup_epochs <= 0 or model.latent_dim < 2):
-        raise InputError("reorder: needs warmup_epochs > 0 (units are ordered after warm-up) and 2+ latents")
-    steps_per_epoch = len(data) // batch_size
-    schedule = AlphaSchedule(alpha, warmup_epochs * steps_per_epoch, ramp_epochs * steps_per_epoch)
-    loader = DataLoader(
-        TensorDataset(data),
-        batch_size=batch_size,
-        shuffle=True,
-        drop_last=True,
-        generator=torch.Generator().manual_seed(seed),
-    )
-
-    optimizer = torch.optim.Adam(model.parameters(), lr=lr)
-    order_kwargs = dict(tau=tau, eta=eta, scale_aware=scale_aware, criterion=criterion)
-    loss_kwargs = dict(beta=beta, **order_kwargs)
-
-    def loss_fn(m, batch):
-        if reorder and schedule.steps == schedule.warmup_steps:
-            _reorder_by_score(model, data, optimizer, eta, criterion)
-        return m(batch[0], alpha=schedule.step(), **loss_kwargs)["loss"]
-
-    val = _as_tensor(x_val, "x_val") if x_val is not None else None
-
-    def evaluate(m) -> dict[str, float]:
-        row = {"alpha": schedule.last}
-        if val is None:
-            return row
-        with torch.no_grad():
-            device = next(m.parameters()).device
-            sub = val[:1024].to(device)
-            terms = m.loss_terms(sub, alpha=0.0, beta=1.0)
-            row.update({"val_recon": float(terms["recon"]), "val_kl": float(terms["kl"])})
-            if m.latent_dim >= 2 and len(sub) >= MIN_SAMPLES:
-                mu = m.encode(sub[:256])[0].double()
-                row["val_order"] = float(ordering_loss(mu, **order_kwargs))
-        return row
-
-    torch.manual_seed(seed)
-    return fit(
-        model,
-        optimizer,
-        loader,
-        loss_fn,
-        epochs=epochs,
-        accelerator=accelerator,
-        evaluate=evaluate,
-        checkpoint_dir=checkpoint_dir,
-        resume=resume,
-        stateful=[schedule],
-        description="coVAE" if alpha > 0 else "VAE",
-    )

@@ -17,11 +17,9 @@ mode) into ``--out``, all or nothing.
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Annotated, Literal
+from typing import Annotated
 
-import pandas as pd
 import typer
-from pydantic import Field
 
 from trustmed.commands.common import (
     ConfigOpt,
@@ -35,62 +33,8 @@ from trustmed.commands.common import (
     console,
     load,
 )
-from trustmed.config import Config, NBoot
-from trustmed.errors import InputError
 
-__all__ = ["AuditConfig", "audit_cmd", "register"]
-
-
-class AuditConfig(Config):
-    """Config of ``trustmed audit``; every field has a flag of the same name (``--n-boot`` …)."""
-
-    predictions: Path | None = None
-    label_col: str = "label"
-    score_col: str = "score"
-    group_cols: list[str] = []
-    patient_col: str | None = None
-    n_boot: NBoot = 1000
-    threshold: float | None = None
-    val_predictions: Path | None = None
-    val_split: str | None = None
-    threshold_method: Literal["youden", "f1", "specificity"] = "youden"
-    target_specificity: float | None = None
-    checkpoint: Path | None = None
-    dataset: str | None = None
-    root: Path | None = None
-    split: str = "test"
-    title: str = "Fairness audit"
-    min_group_size: int = Field(30, ge=1)
-    seed: int = 0
-
-
-def _predictions_from_checkpoint(cfg: AuditConfig, split: str) -> pd.DataFrame:
-    from trustmed.train.classifier import predictions_for_checkpoint
-
-    if cfg.dataset is None or cfg.root is None:
-        raise InputError("--checkpoint needs --dataset NAME and --root DIR")
-    return predictions_for_checkpoint(cfg.checkpoint, dataset=cfg.dataset, root=cfg.root, split=split)
-
-
-def _resolve(cfg: AuditConfig) -> tuple[pd.DataFrame, pd.DataFrame | None, str]:
-    """The predictions (and validation predictions) to audit, and how to name them in messages."""
-    from trustmed.audit import read_predictions
-
-    if (cfg.predictions is None) == (cfg.checkpoint is None):
-        raise InputError("give either --predictions FILE.csv or --checkpoint DIR (with --dataset and --root)")
-    if cfg.val_predictions is not None and cfg.threshold is not None:
-        raise InputError("give either --threshold or --val-predictions, not both")
-    val = read_predictions(cfg.val_predictions, "validation predictions") if cfg.val_predictions else None
-    if cfg.predictions is not None:
-        if cfg.val_split is not None:
-            raise InputError("--val-split needs --checkpoint; with a CSV use --val-predictions")
-        return read_predictions(cfg.predictions), val, str(cfg.predictions)
-    predictions = _predictions_from_checkpoint(cfg, cfg.split)
-    if cfg.val_split is not None:
-        if val is not None or cfg.threshold is not None:
-            raise InputError("give one of --threshold, --val-predictions, --val-split")
-        val = _predictions_from_checkpoint(cfg, cfg.val_split)
-    return predictions, val, f"{cfg.checkpoint} on {cfg.dataset}/{cfg.split}"
+__all__ = ["audit_cmd", "register"]
 
 
 @cli_command
@@ -133,8 +77,7 @@ def audit_cmd(
     wait: WaitOpt = False,
 ) -> None:
     """Audit a classifier's fairness: group metrics, gaps and bootstrap CIs."""
-    from trustmed.audit import run_audit
-    from trustmed.outdir import staged_dir
+    from trustmed.audit import AuditConfig, audit_pipeline
 
     claim(out, wait)
 
@@ -157,27 +100,7 @@ def audit_cmd(
         "split": split,
     }
     cfg = load(AuditConfig, config, set_, seed, flags=flags, flag_names={"group_cols": "--group-col"})
-    table, val, source = _resolve(cfg)
-    with staged_dir(out) as tmp:
-        result = run_audit(
-            table,
-            label_col=cfg.label_col,
-            score_col=cfg.score_col,
-            group_cols=cfg.group_cols,
-            patient_col=cfg.patient_col,
-            n_boot=cfg.n_boot,
-            threshold=cfg.threshold,
-            val_predictions=val,
-            threshold_method=cfg.threshold_method,
-            target_specificity=cfg.target_specificity,
-            seed=cfg.seed,
-            min_group_size=cfg.min_group_size,
-            out_dir=tmp,
-            title=cfg.title,
-            source=source,
-        )
-        if cfg.checkpoint is not None:
-            table.to_csv(tmp / "predictions.csv", index=False)
+    result = audit_pipeline(cfg, out)
     con = console()
     if not con.is_terminal:
         con.width = max(con.width, 150)  # a log file or pipe: keep each table row on one line
@@ -190,4 +113,9 @@ def audit_cmd(
 
 
 def register(app: typer.Typer) -> None:
-    app.command("audit", help="Fairness audit: group metrics, gaps and bootstrap CIs.")(audit_cmd)
+    app.command(
+        "audit",
+        help="Fairness audit: group metrics, gaps and bootstrap CIs.\n\n"
+        "Example: trustmed audit --predictions runs/train/predictions_test.csv --group-col skin_tone "
+        "--out runs/audit",
+    )(audit_cmd)

@@ -31,9 +31,11 @@ __all__ = [
 
 ConfigOpt = Annotated[Path | None, typer.Option("--config", "-c", help="YAML config file.")]
 SetOpt = Annotated[
-    list[str] | None, typer.Option("--set", help="Override a config key: --set train.epochs=5 (repeatable).")
+    list[str] | None, typer.Option("--set", help="Override a config key: --set key.sub=value (repeatable).")
 ]
-OutOpt = Annotated[Path, typer.Option("--out", "-o", help="Output directory.")]
+OutOpt = Annotated[
+    Path, typer.Option("--out", "-o", help="Output directory, replaced as a whole when the run succeeds.")
+]
 SeedOpt = Annotated[int | None, typer.Option("--seed", help="Random seed (overrides the config's seed).")]
 QuietOpt = Annotated[bool, typer.Option("--quiet", "-q", help="No progress bars.")]
 WaitOpt = Annotated[

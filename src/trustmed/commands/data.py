@@ -1,19 +1,19 @@
-"""``trustmed data``: dataset utilities; ``trustmed data synth <name>`` writes a synthetic benchmark.
+"""``trustmed data``: dataset utilities.
 
-Other modules add generators to the ``synth`` sub-group with ``synth_app.command("name")(fn)``.
-``trustmed data card <dataset> --root DIR`` writes a dataset card from the dataset's CSVs alone
-(see :mod:`trustmed.data.card`).
+``trustmed data synth <name>`` writes a synthetic benchmark: one sub-command per entry of
+:data:`trustmed.data.synth.GENERATORS`, built by :func:`synth_command`. ``trustmed data card
+<dataset> --root DIR`` writes a dataset card from the dataset's CSVs alone (see
+:mod:`trustmed.data.card`).
 """
 
 from __future__ import annotations
 
-import inspect
 import time
+from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Annotated, Any
 
 import typer
-from pydantic import Field
 
 from trustmed.commands.common import (
     ConfigOpt,
@@ -28,129 +28,56 @@ from trustmed.commands.common import (
     load,
 )
 from trustmed.config import Config
-from trustmed.errors import InputError
+from trustmed.data.synth import GENERATORS, Generator
 
-__all__ = [
-    "CardConfig",
-    "card_cmd",
-    "data_app",
-    "register",
-    "synth_app",
-    "synth_cxr_cmd",
-    "synth_digits_cmd",
-    "synth_skin_cmd",
-]
+__all__ = ["CardConfig", "card_cmd", "data_app", "register", "synth_app", "synth_command", "synth_group"]
+
+
+def synth_command(name: str, generator: Generator) -> Callable[..., None]:
+    """The ``trustmed data synth <name>`` command of one registered generator."""
+
+    def command(
+        config: ConfigOpt = None,
+        set_: SetOpt = None,
+        out: OutOpt = Path(generator.out),
+        seed: SeedOpt = None,
+        quiet: QuietOpt = False,
+        wait: WaitOpt = False,
+    ) -> None:
+        from trustmed.outdir import staged_dir
+
+        claim(out, wait)
+
+        cfg = load(generator.knobs(), config, set_, seed)
+        t0 = time.perf_counter()
+        with staged_dir(out) as tmp:
+            generator.run(tmp, **cfg.model_dump())
+            written = sorted(p.name + "/" * p.is_dir() for p in tmp.iterdir())
+        if not quiet:
+            console().print(
+                f"data synth {name}: {', '.join(written)} in {time.perf_counter() - t0:.1f}s -> {out}"
+            )
+
+    command.__name__ = f"synth_{name}_cmd"
+    command.__doc__ = f"{generator.summary}\n\nExample: trustmed data synth {name} --out {generator.out}"
+    return cli_command(command)
+
+
+def synth_group(generators: Mapping[str, Generator]) -> typer.Typer:
+    """The ``synth`` command group: one sub-command per generator."""
+    group = typer.Typer(
+        help="Write a deterministic synthetic benchmark in a real dataset's format.", no_args_is_help=True
+    )
+    for name, generator in generators.items():
+        group.command(name)(synth_command(name, generator))
+    return group
+
 
 data_app = typer.Typer(
     help="Datasets: synthetic benchmarks and real-dataset utilities.", no_args_is_help=True
 )
-synth_app = typer.Typer(
-    help="Write a deterministic synthetic benchmark in a real dataset's format.", no_args_is_help=True
-)
+synth_app = synth_group(GENERATORS)
 data_app.add_typer(synth_app, name="synth")
-
-
-@cli_command
-def synth_skin_cmd(
-    config: ConfigOpt = None,
-    set_: SetOpt = None,
-    out: OutOpt = Path("runs/synthskin"),
-    seed: SeedOpt = None,
-    quiet: QuietOpt = False,
-    wait: WaitOpt = False,
-) -> None:
-    """SynthSkin: biased skin-lesion images in the Fitzpatrick17k format (see docs/data.md)."""
-    from trustmed.data.synth.skin import SynthSkinConfig, generate_synthskin
-    from trustmed.outdir import staged_dir
-
-    claim(out, wait)
-
-    cfg = load(SynthSkinConfig, config, set_, seed)
-    t0 = time.perf_counter()
-    with staged_dir(out) as tmp:
-        generate_synthskin(tmp, **cfg.model_dump())
-    n = cfg.n_train + cfg.n_val + cfg.n_external + cfg.n_test + cfg.n_ood
-    if not quiet:
-        console().print(
-            f"SynthSkin: {n} images ({cfg.image_size}x{cfg.image_size}) "
-            f"in {time.perf_counter() - t0:.1f}s -> "
-            f"{out}/fitzpatrick17k.csv, {out}/synthskin_meta.csv, {out}/images/"
-        )
-
-
-synth_app.command("skin", help="SynthSkin: biased skin-lesion images in the Fitzpatrick17k format.")(
-    synth_skin_cmd
-)
-
-
-class DigitsConfig(Config):
-    """Knobs of ColoredDigits (see docs/distill.md)."""
-
-    seed: int = 0
-    spurious_correlation: float = Field(0.95, ge=0, le=1)
-    image_size: int = Field(28, ge=8)
-
-
-@cli_command
-def synth_digits_cmd(
-    config: ConfigOpt = None,
-    set_: SetOpt = None,
-    out: OutOpt = Path("runs/coloreddigits"),
-    seed: SeedOpt = None,
-    quiet: QuietOpt = False,
-    wait: WaitOpt = False,
-) -> None:
-    """ColoredDigits: real handwritten digits with a spurious background colour, Waterbirds format."""
-    from trustmed.data.synth.digits import make_colored_digits
-    from trustmed.outdir import staged_dir
-
-    claim(out, wait)
-
-    cfg = load(DigitsConfig, config, set_, seed)
-    with staged_dir(out) as tmp:
-        make_colored_digits(tmp, **cfg.model_dump())
-    if not quiet:
-        console().print(f"ColoredDigits -> {out}/metadata.csv and images")
-
-
-class CXRConfig(Config):
-    """Sizes of SynthCXR (see docs/grounding.md); ``vindr: true`` writes the out-of-distribution variant."""
-
-    seed: int = 0
-    n_images: int = Field(600, ge=4)
-    image_size: int = Field(128, ge=32)
-    vindr: bool = False
-
-
-@cli_command
-def synth_cxr_cmd(
-    config: ConfigOpt = None,
-    set_: SetOpt = None,
-    out: OutOpt = Path("runs/synthcxr"),
-    seed: SeedOpt = None,
-    quiet: QuietOpt = False,
-    wait: WaitOpt = False,
-) -> None:
-    """SynthCXR: chest phantoms with findings, report sentences and boxes (MS-CXR or VinDr format)."""
-    from trustmed.data.synth.cxr import make_synthcxr, make_synthcxr_vindr
-    from trustmed.outdir import staged_dir
-
-    claim(out, wait)
-
-    cfg = load(CXRConfig, config, set_, seed)
-    make = make_synthcxr_vindr if cfg.vindr else make_synthcxr
-    with staged_dir(out) as tmp:
-        make(tmp, n_images=cfg.n_images, image_size=cfg.image_size, seed=cfg.seed)
-    if not quiet:
-        console().print(f"SynthCXR ({'VinDr' if cfg.vindr else 'MS-CXR'} format) -> {out}")
-
-
-synth_app.command("digits", help="ColoredDigits: spurious-colour digits in the Waterbirds format.")(
-    synth_digits_cmd
-)
-synth_app.command("cxr", help="SynthCXR: chest phantoms with phrases and boxes (MS-CXR / VinDr format).")(
-    synth_cxr_cmd
-)
 
 
 class CardConfig(Config):
@@ -183,40 +110,31 @@ def card_cmd(
     quiet: QuietOpt = False,
     wait: WaitOpt = False,
 ) -> None:
-    """Dataset card from the CSVs alone: counts per split, group and label, prevalence by group,
-    missing attributes, images per patient and a group × label figure (card.md, card.json)."""
-    from trustmed.data import dataset_loader, load_dataset
-    from trustmed.data.card import write_card
+    """Dataset card (card.md, card.json, balance figure) from a dataset's CSVs alone; images not needed.
+
+    --set key=value sets a loader option of the dataset.
+
+    Example: trustmed data card fitzpatrick17k --root runs/synthskin --out runs/card
+    """
+    from trustmed.data.card import dataset_card
     from trustmed.outdir import staged_dir
 
     claim(out, wait)
 
-    sets = _card_overrides(set_)
-    sets += [f"dataset={dataset}"] if dataset is not None else []
-    sets += [f"root={root}"] if root is not None else []
-    cfg = load(CardConfig, config, sets, seed)
-    if cfg.dataset is None or cfg.root is None:
-        raise InputError("trustmed data card: give a dataset name and --root (or dataset/root in --config)")
-    options = dict(cfg.options)
-    if "seed" in inspect.signature(dataset_loader(cfg.dataset)).parameters:
-        options.setdefault("seed", cfg.seed)
-    t0 = time.perf_counter()
-    manifest = load_dataset(cfg.dataset, cfg.root, **options)
-    load_s = time.perf_counter() - t0
-    extra = {"root": str(cfg.root), "options": options, "load_seconds": round(load_s, 3)}
+    cfg = load(CardConfig, config, _card_overrides(set_), seed, flags={"dataset": dataset, "root": root})
     with staged_dir(out) as tmp:
-        card = write_card(manifest, tmp, attributes=cfg.attributes, name=cfg.dataset, extra=extra)
+        card = dataset_card(
+            cfg.dataset, cfg.root, tmp, options=cfg.options, attributes=cfg.attributes, seed=cfg.seed
+        )
     if not quiet:
         console().print(
-            f"{cfg.dataset}: {card['n_samples']} images, {card['n_patients']} patients, "
-            f"prevalence {card['prevalence']:.1%}; read in {load_s:.2f}s, card in {card['seconds']:.2f}s "
-            f"-> {out}/card.md, {out}/card.json, {out}/{card['figure']}"
+            f"{card['dataset']}: {card['n_samples']} images, {card['n_patients']} patients, "
+            f"prevalence {card['prevalence']:.1%}; read in {card['load_seconds']:.2f}s, "
+            f"card in {card['seconds']:.2f}s -> {out}/card.md, {out}/card.json, {out}/{card['figure']}"
         )
 
 
-data_app.command(
-    "card", help="Dataset card (card.md, card.json, balance figure) from a dataset's CSVs; images not needed."
-)(card_cmd)
+data_app.command("card")(card_cmd)
 
 
 def register(app: typer.Typer) -> None:

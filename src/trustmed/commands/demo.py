@@ -42,4 +42,8 @@ def demo_cmd(
 
 
 def register(app) -> None:
-    app.command("demo", help="Run the end-to-end demo on synthetic data and write report.html.")(demo_cmd)
+    app.command(
+        "demo",
+        help="Run the end-to-end demo on synthetic data and write report.html.\n\n"
+        "Example: trustmed demo --out runs/demo",
+    )(demo_cmd)

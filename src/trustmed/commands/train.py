@@ -61,6 +61,8 @@ def train_cmd(
 
 
 def register(app: typer.Typer) -> None:
-    app.command("train", help="Train an ERM classifier from a config (--resume continues a crashed run).")(
-        train_cmd
-    )
+    app.command(
+        "train",
+        help="Train an ERM classifier from a config (--resume continues a crashed run).\n\n"
+        "Example: trustmed train --set data.root=runs/synthskin --out runs/train",
+    )(train_cmd)

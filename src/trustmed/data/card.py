@@ -30,7 +30,7 @@ import pandas as pd
 from trustmed.errors import InputError
 from trustmed.io import atomic_write_bytes, atomic_write_text, write_json
 
-__all__ = ["CARD_ATTRIBUTES", "build_card", "card_markdown", "plot_balance", "write_card"]
+__all__ = ["CARD_ATTRIBUTES", "build_card", "card_markdown", "dataset_card", "plot_balance", "write_card"]
 
 # Attribute columns a card describes when present (loaders name their sensitive attributes so).
 CARD_ATTRIBUTES: tuple[str, ...] = ("sex", "age_bin", "race", "skin_tone", "fitzpatrick", "view", "site")
@@ -282,3 +282,38 @@ def write_card(
     write_json(out / "card.json", card)
     atomic_write_text(out / "card.md", card_markdown(card, card["figure"]))
     return card
+
+
+def dataset_card(
+    dataset: str | None,
+    root: str | Path | None,
+    out_dir: str | Path,
+    *,
+    options: Mapping[str, Any] | None = None,
+    attributes: Sequence[str] | None = None,
+    seed: int = 0,
+) -> dict[str, Any]:
+    """Load a registered dataset (:func:`trustmed.data.load_dataset`) and write its card to ``out_dir``.
+
+    ``seed`` is passed to loaders that take one (seeded splits) unless ``options`` sets it. The
+    card records ``root``, ``options`` and ``load_seconds``. Grounding datasets have no manifest
+    to describe and are an :class:`~trustmed.errors.InputError`, as are a missing name or root.
+    """
+    import inspect
+
+    from trustmed.data import dataset_kind, dataset_loader, load_dataset
+
+    if dataset is None or root is None:
+        raise InputError("trustmed data card: give a dataset name and --root (or dataset/root in --config)")
+    if dataset_kind(dataset) == "grounding":
+        raise InputError(
+            f"dataset {dataset!r} is a grounding table (image, phrase, boxes); a card describes a "
+            "classification or group dataset's manifest"
+        )
+    options = dict(options or {})
+    if "seed" in inspect.signature(dataset_loader(dataset)).parameters:
+        options.setdefault("seed", seed)
+    t0 = time.perf_counter()
+    manifest = load_dataset(dataset, root, **options)
+    extra = {"root": str(root), "options": options, "load_seconds": round(time.perf_counter() - t0, 3)}
+    return write_card(manifest, out_dir, attributes=attributes, name=dataset, extra=extra)

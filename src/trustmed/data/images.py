@@ -1,16 +1,25 @@
-"""Images from disk into tensors: PNG/JPEG and DICOM reading, and MONAI transforms.
+"""Images from disk into arrays and tensors: the one image reader of every capability, and MONAI transforms.
+
+:func:`read_image` decodes a PNG, JPEG or DICOM file once and :func:`to_unit_float` applies the one
+normalisation to [0, 1]; classification (:class:`ImageDataset`) and phrase grounding
+(:func:`read_grayscale`, which :func:`trustmed.data.mscxr.read_image` is) read every file through
+them, so both see the same pixels:
+
+- 8-bit PNG/JPEG: value / 255 (colour is converted to grayscale with Pillow's ITU-R 601-2 luma when
+  one channel is asked for);
+- 16-bit (and 32-bit integer) grayscale PNG: value / the image's maximum, since the bit depth the
+  data actually use (often 12 of the 16) is not recorded in the file;
+- DICOM (``.dcm``, ``.dicom``; needs ``pip install 'trustmed[dicom]'``), decoded with pydicom as a
+  radiologist's viewer would show it (DICOM PS3.3 C.11, "Modality LUT" and "VOI LUT"): the Modality
+  LUT (rescale slope/intercept), then the VOI LUT or window centre/width, then scaled to [0, 1] by
+  the result's minimum and maximum; ``MONOCHROME1`` images (where a high value is dark) are
+  inverted so that bone is bright in every image. 12- and 16-bit data are read as floats, never
+  truncated to 8 bits.
 
 :class:`ImageDataset` turns a manifest (see :mod:`trustmed.data.manifest`) into a torch dataset
 whose items are ``{"image": C×H×W float tensor in [0, 1], "label": float tensor, "index": long
 tensor}``; ``index`` is the row position in the manifest, so predictions can be joined back to
 their metadata.
-
-DICOM files (``.dcm``, ``.dicom``; needs ``pip install 'trustmed[dicom]'``) are decoded with pydicom
-as a radiologist's viewer would show them (DICOM PS3.3 C.11, "VOI LUT" and "Modality LUT"): the
-Modality LUT (rescale slope/intercept) and then the VOI LUT or window centre/width are applied,
-the result is scaled to [0, 1] by its minimum and maximum, and ``MONOCHROME1`` images (where a high
-value is dark) are inverted so that bone is bright in every image. 8-, 12- and 16-bit data are
-read as floats, never truncated to 8 bits.
 
 When a dataset is built every listed image is checked cheaply (:func:`image_problem`: the file
 exists, starts with its format's signature and, for PNG and JPEG, ends with its end marker, so a
@@ -58,7 +67,9 @@ __all__ = [
     "image_problems",
     "make_loader",
     "random_flip_rotate",
+    "read_grayscale",
     "read_image",
+    "to_unit_float",
 ]
 
 log = logging.getLogger(__name__)
@@ -67,17 +78,23 @@ log = logging.getLogger(__name__)
 AUTO_CACHE_BYTES = 1 << 30
 
 
+# Pillow modes of grayscale images with more than 8 bits per pixel.
+_WIDE_MODES = ("I;16", "I;16B", "I;16L", "I;16N", "I")
+
+
 def _read_pil(path: Path, channels: int) -> np.ndarray:
     from PIL import Image, UnidentifiedImageError
 
     try:
         with Image.open(path) as img:
-            img = img.convert("RGB" if channels == 3 else "L")
-            array = np.asarray(img, dtype=np.uint8)
+            if img.mode in _WIDE_MODES:
+                wide = np.asarray(img, dtype=np.float32)
+                image = (np.clip(wide, 0.0, None) / max(float(wide.max()), 1.0))[None]
+                return np.repeat(image, 3, axis=0) if channels == 3 else image
+            array = np.asarray(img.convert("RGB" if channels == 3 else "L"), dtype=np.uint8)
     except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as exc:
-        raise InputError(
-            f"cannot read image {path}: {str(exc).splitlines()[0] if str(exc) else 'corrupt'}"
-        ) from None
+        reason = str(exc).splitlines()[0] if str(exc) else "corrupt"
+        raise InputError(f"cannot read image {path}: unreadable ({reason})") from None
     return array[None] if array.ndim == 2 else np.ascontiguousarray(array.transpose(2, 0, 1))
 
 
@@ -122,8 +139,8 @@ def _read_dicom(path: Path, channels: int) -> np.ndarray:
     return np.repeat(image, 3, axis=0) if channels == 3 else image
 
 
-# Suffix → reader ``(path, channels) -> C×H×W`` array: uint8 (0–255), uint16 (0–65535) or float in
-# [0, 1]; one line per format.
+# Suffix → reader ``(path, channels) -> C×H×W`` array: uint8 (0–255) or float32 in [0, 1], already
+# normalised as the module docstring says; one line per format.
 IMAGE_READERS: dict[str, Callable[[Path, int], np.ndarray]] = {
     ".png": _read_pil,
     ".jpg": _read_pil,
@@ -136,9 +153,9 @@ IMAGE_READERS: dict[str, Callable[[Path, int], np.ndarray]] = {
 def read_image(path: str | Path, *, channels: int = 3) -> np.ndarray:
     """Read an image file into a channel-first array (``C×H×W``).
 
-    PNG/JPEG give uint8 (0–255); DICOM gives float32 in [0, 1] (see the module docstring). A
-    missing or corrupt file, or a DICOM without pixel data, is an
-    :class:`~trustmed.errors.InputError` naming the file.
+    8-bit PNG/JPEG give uint8 (0–255); 16-bit PNG and DICOM give float32 in [0, 1] (see the module
+    docstring); :func:`to_unit_float` turns either into [0, 1]. A missing or corrupt file, or a
+    DICOM without pixel data, is an :class:`~trustmed.errors.InputError` naming the file.
     """
     path = Path(path)
     if channels not in (1, 3):
@@ -151,6 +168,34 @@ def read_image(path: str | Path, *, channels: int = 3) -> np.ndarray:
     if not path.is_file():
         raise InputError(f"image not found: {path}")
     return reader(path, channels)
+
+
+def to_unit_float(image: np.ndarray) -> np.ndarray:
+    """A :func:`read_image` array as float32 in [0, 1]: uint8 values are divided by 255.
+
+    >>> to_unit_float(np.array([[0, 255]], np.uint8)).tolist(), to_unit_float(np.float32([[0.5]])).tolist()
+    ([[0.0, 1.0]], [[0.5]])
+    """
+    if image.dtype == np.uint8:
+        return image.astype(np.float32) / 255.0
+    return np.clip(image.astype(np.float32), 0.0, 1.0)
+
+
+def read_grayscale(path: str | Path) -> np.ndarray:
+    """One image as a 2-D (``H×W``) float32 array in [0, 1]: :func:`read_image` with one channel.
+
+    The pixels are exactly those of channel 0 of a one-channel :class:`ImageDataset` item before
+    resizing. Phrase grounding reads images with it (:func:`trustmed.data.mscxr.read_image`).
+
+    >>> import tempfile, pathlib
+    >>> from PIL import Image
+    >>> path = pathlib.Path(tempfile.mkdtemp()) / "g.png"
+    >>> Image.fromarray(np.array([[0, 255]], np.uint8)).save(path)
+    >>> image = read_grayscale(path)
+    >>> image.shape, image.dtype.name, image.tolist()
+    ((1, 2), 'float32', [[0.0, 1.0]])
+    """
+    return to_unit_float(read_image(path, channels=1))[0]
 
 
 # (format name, signature at the start, end marker expected in the last 4 KiB or None)
@@ -315,8 +360,7 @@ class ImageDataset(Dataset):
     def _load(self, index: int) -> torch.Tensor:
         if self._cache is not None and self._cache[index] is not None:
             return self._cache[index]
-        raw = read_image(self.paths[index], channels=self.channels)
-        raw = _to_unit_float(raw)
+        raw = to_unit_float(read_image(self.paths[index], channels=self.channels))
         image = torch.as_tensor(np.asarray(self.load(raw)), dtype=torch.float32).contiguous()
         if self._cache is not None:
             self._cache[index] = image
@@ -336,14 +380,6 @@ class ImageDataset(Dataset):
             image = random_flip_rotate(image)
         row = int(self.rows[index])
         return {"image": image, "label": self.labels[index], "index": torch.tensor(row, dtype=torch.long)}
-
-
-def _to_unit_float(raw: np.ndarray) -> np.ndarray:
-    if raw.dtype == np.uint8:
-        return raw.astype(np.float32) / 255.0
-    if raw.dtype == np.uint16:
-        return raw.astype(np.float32) / 65535.0
-    return np.clip(raw.astype(np.float32), 0.0, 1.0)
 
 
 def collate_skipping(items: list[dict[str, torch.Tensor] | None]) -> dict[str, torch.Tensor]:

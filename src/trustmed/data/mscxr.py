@@ -9,6 +9,10 @@ one grounding pair.
 Every grounding loader (MS-CXR, VinDr-CXR, NIH BBox, SynthCXR) returns the same table, one row per
 (image, phrase) pair: ``pair_id, image_id, path, text, category, boxes, image_width, image_height,
 split`` where ``boxes`` is a list of ``(x, y, w, h)`` in pixels of the original image.
+
+Grounding reads an image with :func:`read_image`, which is
+:func:`trustmed.data.images.read_grayscale`: a 2-D float32 array in [0, 1] normalised exactly as
+classification normalises it (DICOM Modality and VOI LUT applied, ``MONOCHROME1`` inverted).
 """
 
 from __future__ import annotations
@@ -18,6 +22,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from trustmed.data.images import read_grayscale as read_image
 from trustmed.errors import InputError
 from trustmed.io import read_csv
 
@@ -53,50 +58,6 @@ GROUNDING_COLUMNS = [
     "image_height",
     "split",
 ]
-
-
-def read_image(path: str | Path) -> np.ndarray:
-    """Read a PNG/JPEG or DICOM file as a 2-D float32 array in [0, 1] (MONOCHROME1 inverted).
-
-    Colour images are converted to grayscale; 16-bit data are scaled by their stored bit depth.
-    """
-    path = Path(path)
-    if not path.is_file():
-        raise InputError(f"image {path}: not found")
-    if path.suffix.lower() in (".dcm", ".dicom"):
-        return _read_dicom(path)
-    from PIL import Image, UnidentifiedImageError
-
-    try:
-        with Image.open(path) as im:
-            if im.mode in ("I;16", "I;16B", "I"):
-                arr = np.asarray(im, dtype=np.float32)
-                return arr / max(float(arr.max()), 1.0)
-            if im.mode not in ("L", "RGB", "RGBA", "LA"):
-                raise InputError(f"image {path}: unsupported mode {im.mode}; expected grayscale or RGB")
-            arr = np.asarray(im.convert("L"), dtype=np.float32) / 255.0
-    except (UnidentifiedImageError, OSError) as exc:
-        raise InputError(f"image {path}: unreadable ({exc.__class__.__name__})") from None
-    return arr
-
-
-def _read_dicom(path: Path) -> np.ndarray:
-    try:
-        import pydicom
-    except ImportError as exc:  # pragma: no cover - depends on the environment
-        raise InputError("reading DICOM needs pydicom: pip install 'trustmed[dicom]'") from exc
-    try:
-        ds = pydicom.dcmread(path)
-        arr = ds.pixel_array.astype(np.float32)
-    except Exception as exc:  # pydicom raises many types for a broken file
-        raise InputError(f"image {path}: unreadable DICOM ({exc.__class__.__name__})") from None
-    if arr.ndim != 2:
-        raise InputError(f"image {path}: expected a single-frame grayscale DICOM, got shape {arr.shape}")
-    bits = int(getattr(ds, "BitsStored", 16))
-    arr = arr / float(2**bits - 1)
-    if getattr(ds, "PhotometricInterpretation", "MONOCHROME2") == "MONOCHROME1":
-        arr = 1.0 - arr
-    return np.clip(arr, 0.0, 1.0)
 
 
 def boxes_to_mask(boxes, height: int, width: int) -> np.ndarray:

@@ -13,7 +13,7 @@ Step 1 (masked extractor fine-tuning with ``β·WBCE + (1−β)·B``, head froze
 hard mask in place of the soft one.
 
 >>> import torch
->>> from trustmed.debias.finetune import GroupedSet
+>>> from trustmed.debias.data import GroupedSet
 >>> from trustmed.models import ModelSpec, build_model
 >>> _ = torch.manual_seed(0)
 >>> model = build_model(ModelSpec(arch="tiny_cnn", image_size=8, width=2))

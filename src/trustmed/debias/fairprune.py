@@ -15,7 +15,7 @@ shot (our reading of "prune by saliency", following Optimal Brain Damage, which 
 least salient weights). ``k`` and ``β`` are chosen on validation by the comparison.
 
 >>> import torch
->>> from trustmed.debias.finetune import GroupedSet
+>>> from trustmed.debias.data import GroupedSet
 >>> from trustmed.models import ModelSpec, build_model
 >>> _ = torch.manual_seed(0)
 >>> model = build_model(ModelSpec(arch="tiny_cnn", image_size=8, width=2))
@@ -35,9 +35,10 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from trustmed.debias.finetune import GroupedSet, check_external_set, predict_proba
+from trustmed.debias.base import DebiasEstimator, require_binary_classifier
+from trustmed.debias.data import GroupedSet, check_external_set, predict_proba
 from trustmed.debias.importance import fisher_importance
-from trustmed.debias.swift import _binary_head, worst_best_groups
+from trustmed.debias.swift import worst_best_groups
 from trustmed.errors import InputError
 from trustmed.utils import seed_everything
 
@@ -49,7 +50,7 @@ def _bce_loss(model: nn.Module, batch) -> torch.Tensor:
     return F.binary_cross_entropy_with_logits(model(x), y.float())
 
 
-class FairPrune:
+class FairPrune(DebiasEstimator):
     """Prune the weights that help the privileged group more than the unprivileged one.
 
     Parameters
@@ -84,11 +85,11 @@ class FairPrune:
         self.batch_size = batch_size
         self.seed = seed
 
-    def fit(self, model: nn.Module, external_set: GroupedSet, val_set: GroupedSet | None = None) -> FairPrune:
+    def fit(self, model: nn.Module, external_set: GroupedSet) -> FairPrune:
         """Prune a copy of ``model`` using the groups of ``external_set``."""
         if not 0.0 < self.prune_ratio < 1.0:
             raise InputError(f"prune_ratio must lie in (0, 1), got {self.prune_ratio}")
-        _binary_head(model)
+        require_binary_classifier(model)
         check_external_set(external_set)
         start = time.perf_counter()
         seed_everything(self.seed)

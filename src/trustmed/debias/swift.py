@@ -19,7 +19,7 @@ are computed with the model in eval mode. Step 2 trains the head on the frozen e
 features, computed once.
 
 >>> import torch
->>> from trustmed.debias.finetune import GroupedSet
+>>> from trustmed.debias.data import GroupedSet
 >>> from trustmed.models import ModelSpec, build_model
 >>> _ = torch.manual_seed(0)
 >>> model = build_model(ModelSpec(arch="tiny_cnn", image_size=8, width=2))
@@ -42,15 +42,14 @@ from sklearn.metrics import roc_auc_score
 from torch import nn
 from torch.utils.data import DataLoader, TensorDataset
 
-from trustmed.debias.finetune import (
+from trustmed.debias.base import (
     Cost,
-    GroupedSet,
-    balanced_indices,
-    check_external_set,
+    DebiasEstimator,
     combined_loss,
     make_optimizer,
-    predict_proba,
+    require_binary_classifier,
 )
+from trustmed.debias.data import GroupedSet, balanced_indices, check_external_set, predict_proba
 from trustmed.debias.importance import fisher_importance, mask_summary, soft_mask
 from trustmed.debias.losses import BIAS_LOSSES, bias_loss, bias_loss_from_probs, wbce
 from trustmed.errors import InputError
@@ -93,18 +92,7 @@ def masked_grad_hook(masks: Mapping[str, torch.Tensor], weight_decay: float = 0.
     return hook
 
 
-def _binary_head(model: nn.Module) -> None:
-    if not (hasattr(model, "extractor") and isinstance(getattr(model, "head", None), nn.Linear)):
-        raise InputError(
-            "debiasing needs a classifier with an 'extractor' and a linear 'head' (trustmed.models)"
-        )
-    if model.head.out_features != 1:
-        raise InputError(
-            f"debiasing needs a binary classifier (one output), got {model.head.out_features} outputs"
-        )
-
-
-class SWiFT:
+class SWiFT(DebiasEstimator):
     """Soft-mask weight fine-tuning (SWiFT, arXiv 2508.18826), scikit-learn shaped.
 
     Parameters
@@ -214,7 +202,7 @@ class SWiFT:
             in ``history_`` (nothing is selected with it).
         """
         self._validate()
-        _binary_head(model)
+        require_binary_classifier(model)
         check_external_set(external_set)
         start = time.perf_counter()
         seed_everything(self.seed)

@@ -1,134 +1,50 @@
-"""GroupDistil on ColoredDigits: the demo section and the experiment pieces the benchmark reuses.
+"""The distillation section of ``trustmed demo``: GroupDistil against ERM and KD on ColoredDigits.
 
 A larger ``tiny_cnn`` teacher is trained with ERM on ColoredDigits (real handwritten digits whose
 background colour agrees with the label for 95 % of the training images); students with about 8x
-fewer parameters are then trained with ERM, vanilla KD (Hinton et al., arXiv 1503.02531), Group DRO
-(Sagawa et al., arXiv 1911.08731) and GroupDistil (Vilouras et al., MLMI 2023, arXiv 2311.00476),
-each model selected on validation worst-group accuracy and scored on the balanced test split.
+fewer parameters are then trained with ERM, vanilla KD (Hinton et al., arXiv 1503.02531) and
+GroupDistil (Vilouras et al., MLMI 2023, arXiv 2311.00476), each through
+:func:`trustmed.distill.run.train_and_score` (model selected on validation worst-group accuracy,
+scored on the balanced test split).
 """
 
 from __future__ import annotations
 
 import html
-import logging
-import time
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import pandas as pd
 
-from trustmed.data.synth.digits import make_colored_digits
-from trustmed.data.waterbirds import load_waterbirds
-from trustmed.distill.trainer import GroupDistiller, make_group_loaders, plot_group_weights
-from trustmed.metrics.robustness import robustness_metrics
-from trustmed.models import ModelSpec, build_model, count_parameters
+from trustmed.config import apply_values
+from trustmed.distill.run import DistillConfig, DistillResult, prepare_data, train_and_score
+from trustmed.distill.trainer import plot_group_weights
 from trustmed.report import Section, figure_to_html, table_to_html
-from trustmed.utils import seed_everything
 
-__all__ = ["DigitsExperiment", "MethodRun", "demo_section", "prepare_digits", "train_method"]
+__all__ = ["TEACHER_WIDTH", "demo_section", "results_table"]
 
-log = logging.getLogger(__name__)
-
-TEACHER_WIDTH, STUDENT_WIDTH, IMAGE_SIZE = 24, 8, 16
+TEACHER_WIDTH = 24
+"""Width of the ``tiny_cnn`` teacher (the students keep ``DistillConfig``'s ``student.width``)."""
 
 
-@dataclass
-class DigitsExperiment:
-    """ColoredDigits written to ``root``, its manifest, loaders per split and the group bookkeeping."""
-
-    root: Path
-    manifest: pd.DataFrame
-    loaders: dict[str, Any]
-    group_names: list[str]
-    group_counts: np.ndarray
-    image_size: int = IMAGE_SIZE
-
-
-@dataclass
-class MethodRun:
-    """One trained model: its test metrics (with CIs), validation score, selected epoch, cost."""
-
-    name: str
-    distiller: GroupDistiller
-    test: dict[str, Any]
-    val_acc_wg: float
-    best_epoch: int | None
-    wall_time_s: float
-    n_params: int
-    extra: dict[str, Any] = field(default_factory=dict)
-
-
-def prepare_digits(
-    root: str | Path, *, seed: int = 0, spurious_correlation: float = 0.95, batch_size: int = 64
-) -> DigitsExperiment:
-    """Write ColoredDigits (seeded) to ``root`` and build its loaders."""
-    root = make_colored_digits(
-        root, seed=seed, spurious_correlation=spurious_correlation, image_size=IMAGE_SIZE
-    )
-    manifest = load_waterbirds(root, require_images=True)
-    loaders, names, counts = make_group_loaders(
-        manifest, root, image_size=IMAGE_SIZE, batch_size=batch_size, seed=seed
-    )
-    return DigitsExperiment(root, manifest, loaders, names, counts)
-
-
-def train_method(
-    exp: DigitsExperiment,
-    method: str,
-    *,
-    seed: int,
-    epochs: int,
-    width: int = STUDENT_WIDTH,
-    teacher=None,
-    eta: float = 0.01,
-    lr: float = 3e-3,
-    n_boot: int = 1000,
-    name: str | None = None,
-) -> MethodRun:
-    """Train one model on ``exp`` (seeded) and score it on the test split."""
-    seed_everything(seed)
-    model = build_model(ModelSpec(arch="tiny_cnn", width=width, n_outputs=2, image_size=exp.image_size))
-    distiller = GroupDistiller(
-        method, n_groups=len(exp.group_names), eta=eta, epochs=epochs, lr=lr, group_counts=exp.group_counts
-    )
-    start = time.perf_counter()
-    distiller.fit(
-        model, exp.loaders["train"], exp.loaders["val"], teacher=teacher, description=name or method
-    )
-    wall = time.perf_counter() - start
-    out = distiller.predict(distiller.model_, exp.loaders["test"])
-    names = np.asarray(exp.group_names)[out["group"]]
-    test = robustness_metrics(out["label"], out["pred"], groups=names, n_boot=n_boot, seed=seed)
-    return MethodRun(
-        name or method,
-        distiller,
-        test,
-        float(distiller.fit_result_.best_score),
-        distiller.best_epoch_,
-        wall,
-        count_parameters(model),
-        {"last_epoch_val_acc_wg": float(distiller.history_[-1]["val_acc_wg"])},
-    )
-
-
-def results_table(runs: list[MethodRun]) -> pd.DataFrame:
-    """One row per run: test average / worst-group accuracy with CIs, selected epoch, parameters."""
+def results_table(runs: dict[str, DistillResult]) -> pd.DataFrame:
+    """One row per named run: test average / worst-group accuracy with CIs, selection, parameters."""
     rows = []
-    for run in runs:
-        avg, wg = run.test["acc_avg"], run.test["acc_wg"]
+    for name, run in runs.items():
+        test = run.metrics["test"]
+        avg, wg = test["acc_avg"], test["acc_wg"]
         rows.append(
             {
-                "model": run.name,
-                "params": run.n_params,
+                "model": name,
+                "params": run.metrics["student_parameters"],
                 "test acc_avg": avg["value"],
                 "acc_avg 95% CI": _ci(avg),
                 "test acc_wg": wg["value"],
                 "acc_wg 95% CI": _ci(wg),
-                "worst group": run.test["worst_group"],
-                "val acc_wg": run.val_acc_wg,
-                "epoch": run.best_epoch,
+                "worst group": test["worst_group"],
+                "val acc_wg": run.metrics["val_acc_wg_selected"],
+                "epoch": run.metrics["best_epoch"],
             }
         )
     return pd.DataFrame(rows)
@@ -143,35 +59,33 @@ def demo_section(out_dir: Path, *, seed: int = 0, quick: bool = True) -> Section
     """Run the ColoredDigits distillation demo (about a minute on one CPU) and return its report section."""
     out_dir = Path(out_dir)
     epochs_teacher, epochs_student = (8, 10) if quick else (15, 15)
-    exp = prepare_digits(out_dir / "coloreddigits", seed=seed)
-    teacher = train_method(
-        exp, "erm", seed=seed, epochs=epochs_teacher, width=TEACHER_WIDTH, name="teacher (ERM)"
-    )
-    t_model = teacher.distiller.model_
-    runs = [
-        teacher,
-        train_method(exp, "erm", seed=seed, epochs=epochs_student, name="student ERM"),
-        train_method(exp, "kd", seed=seed, epochs=epochs_student, teacher=t_model, name="student KD"),
-        train_method(
-            exp,
-            "groupdistil",
-            seed=seed,
-            epochs=epochs_student,
-            teacher=t_model,
-            eta=1e-3,
-            name="student GroupDistil",
-        ),
-    ]
+    base = DistillConfig(seed=seed)
+    data = prepare_data(base, out_dir)
+
+    def run(name: str, method: str, teacher=None, **values) -> DistillResult:
+        cfg = apply_values(base, {"method": method, "train.epochs": epochs_student, **values})
+        return train_and_score(cfg, data, teacher=teacher, description=name)
+
+    teacher = run("teacher (ERM)", "erm", **{"student.width": TEACHER_WIDTH, "train.epochs": epochs_teacher})
+    runs = {
+        "teacher (ERM)": teacher,
+        "student ERM": run("student ERM", "erm"),
+        "student KD": run("student KD", "kd", teacher.model),
+        "student GroupDistil": run("student GroupDistil", "groupdistil", teacher.model, **{"loss.eta": 1e-3}),
+    }
     table = results_table(runs)
     table.to_csv(out_dir / "distill_results.csv", index=False)
-    gd = runs[-1].distiller
     png = plot_group_weights(
-        gd.group_weights_, exp.group_names, out_dir / "group_weights.png", title="GroupDistil group weights q"
+        runs["student GroupDistil"].distiller.group_weights_,
+        data.group_names,
+        out_dir / "group_weights.png",
+        title="GroupDistil group weights q",
     )
-    train_counts = ", ".join(f"{n}: {c}" for n, c in zip(exp.group_names, exp.group_counts, strict=True))
+    train_counts = ", ".join(f"{n}: {c}" for n, c in zip(data.group_names, data.group_counts, strict=True))
+    ratio = teacher.metrics["student_parameters"] // max(runs["student ERM"].metrics["student_parameters"], 1)
     explanation = (
         "<p>A large network (the teacher) is compressed into a small one (the student, "
-        f"{runs[0].n_params // max(runs[1].n_params, 1)}x fewer parameters). The training digits are "
+        f"{ratio}x fewer parameters). The training digits are "
         "coloured so that the background colour gives the answer away 95 % of the time; the test "
         "digits are not. "
         "A model that learned the colour fails on the rare colour/label combinations, which shows as a low "

@@ -8,6 +8,11 @@ Schedules and Sample Steps are Flawed" (Lin et al., arXiv 2305.08891): ``trailin
 
 The model is seen as ``predict(z, t) -> output`` with ``output`` an ε- or v-prediction.
 
+The **band** is where in the noise schedule cross-attention is read: the timesteps t with
+``band[0]·T ≤ t < band[1]·T`` (:data:`Band`, :func:`band_timesteps`). The zero-shot grounder records
+the inversion steps whose timestep lies in it (:func:`band_steps`); prompt tuning draws its training
+timesteps from it, so a tuned prompt is trained where the grounder reads.
+
 >>> ddim_timesteps(1000, 4).tolist()
 [249, 499, 749, 999]
 """
@@ -15,13 +20,66 @@ The model is seen as ``predict(z, t) -> output`` with ``output`` an ε- or v-pre
 from __future__ import annotations
 
 from collections.abc import Callable
+from typing import Annotated
 
 import numpy as np
 import torch
+from pydantic import AfterValidator
 
 from trustmed.errors import InputError
 
-__all__ = ["ddim_timesteps", "to_epsilon_and_x0", "ddim_invert", "noise_latents"]
+__all__ = [
+    "Band",
+    "DEFAULT_BAND",
+    "band_timesteps",
+    "band_steps",
+    "ddim_timesteps",
+    "to_epsilon_and_x0",
+    "ddim_invert",
+    "noise_latents",
+]
+
+
+def _check_band(band: tuple[float, float]) -> tuple[float, float]:
+    if not 0 <= band[0] < band[1] <= 1:
+        raise ValueError("expected 0 <= start < end <= 1 (fractions of the noise schedule)")
+    return band
+
+
+Band = Annotated[tuple[float, float], AfterValidator(_check_band)]
+"""A config's band: ``(start, end)`` fractions of the noise schedule's T timesteps."""
+
+DEFAULT_BAND: tuple[float, float] = (0.4, 0.6)
+"""The middle of the schedule, where the paper records (Vilouras et al., arXiv 2404.12920)."""
+
+
+def band_timesteps(band: tuple[float, float], num_train_timesteps: int) -> tuple[int, int]:
+    """The band's timesteps as ``[lo, hi)`` (at least one timestep).
+
+    >>> band_timesteps((0.4, 0.6), 1000)
+    (400, 600)
+    """
+    lo = round(band[0] * num_train_timesteps)
+    return lo, max(lo + 1, round(band[1] * num_train_timesteps))
+
+
+def band_steps(timesteps: np.ndarray, band: tuple[float, float], num_train_timesteps: int) -> range:
+    """Indices of the (increasing) inversion ``timesteps`` that lie in the band.
+
+    With too few steps for any to lie in it, the step nearest to the band's middle is used.
+
+    >>> band_steps(ddim_timesteps(1000, 10), (0.4, 0.6), 1000)
+    range(4, 6)
+    >>> band_steps(ddim_timesteps(1000, 3), (0.4, 0.6), 1000)  # timesteps 332, 666, 999
+    range(1, 2)
+    """
+    lo, hi = band_timesteps(band, num_train_timesteps)
+    steps = np.asarray(timesteps)
+    inside = np.flatnonzero((steps >= lo) & (steps < hi))
+    if len(inside):
+        return range(int(inside[0]), int(inside[-1]) + 1)
+    nearest = int(np.argmin(np.abs(steps - (lo + hi - 1) / 2)))
+    return range(nearest, nearest + 1)
 
 
 def ddim_timesteps(num_train_timesteps: int, num_steps: int, spacing: str = "trailing") -> np.ndarray:

@@ -14,7 +14,6 @@ tokens' maps, Gaussian filter, Otsu, and undo the crop with NaN padding. No para
 from __future__ import annotations
 
 import logging
-import math
 from typing import Literal
 
 import numpy as np
@@ -24,7 +23,14 @@ from trustmed.config import Config
 from trustmed.errors import InputError
 from trustmed.grounding.attention import AttentionRecorder
 from trustmed.grounding.heatmaps import CropInfo, aggregate_maps, ground_in_batches, resize_and_crop
-from trustmed.grounding.inversion import ddim_invert, ddim_timesteps, noise_latents
+from trustmed.grounding.inversion import (
+    DEFAULT_BAND,
+    Band,
+    band_steps,
+    ddim_invert,
+    ddim_timesteps,
+    noise_latents,
+)
 from trustmed.grounding.ldm import LDM
 
 __all__ = [
@@ -48,14 +54,19 @@ class GroundingConfig(Config):
         each of ``noise_levels`` and one UNet pass per level).
     num_steps : DDIM inversion steps N.
     spacing : DDIM timestep spacing (``trailing``, ``leading``, ``linspace``).
-    band : recorded steps are the inversion steps with index in [band[0]·N, band[1]·N).
+    band : the inversion steps whose timestep t lies in [band[0]·T, band[1]·T) are recorded
+        (:func:`~trustmed.grounding.inversion.band_steps`).
     noise_levels : fractions of T used by ``noising`` mode.
     layers : ``bottleneck``, ``all``, a resolution (int) or layer names/globs.
     tokens : words whose tokens are kept (``None``: every non-special prompt token).
     token_set : ``content`` (the paper: prompt tokens except start/end/padding) or
         ``end_and_padding`` (the end token and the padding after it, which in a causal text encoder
         summarise the whole sentence; choose it on validation data for models that route the
-        sentence through them).
+        sentence through them). ``None``: a tuned prompt's token set, else ``content``.
+
+    ``band``, ``layers`` and ``token_set`` are also what a tuned prompt was trained for; the grounder
+    refuses a prompt that recorded other values (:meth:`TunedPrompt.check_readout
+    <trustmed.grounding.prompt_tuning.TunedPrompt.check_readout>`).
     gaussian_sigma, sigma_reference : σ in pixels at a ``sigma_reference``² image (rescaled to the
         model's crop size).
     otsu : apply Otsu post-processing.
@@ -67,11 +78,11 @@ class GroundingConfig(Config):
     mode: Literal["inversion", "noising"] = "inversion"
     num_steps: int = 300
     spacing: Literal["trailing", "leading", "linspace"] = "trailing"
-    band: tuple[float, float] = (0.4, 0.6)
+    band: Band = DEFAULT_BAND
     noise_levels: list[float] = [0.5]
     layers: str | int | list[str] = "bottleneck"
     tokens: list[str] | None = None
-    token_set: Literal["content", "end_and_padding"] = "content"
+    token_set: Literal["content", "end_and_padding"] | None = None
     gaussian_sigma: float = 2.5
     sigma_reference: int = 512
     otsu: bool = True
@@ -157,25 +168,35 @@ class ZeroShotGrounder:
         Pipeline settings (:class:`GroundingConfig`).
     prompt
         A :class:`~trustmed.grounding.prompt_tuning.TunedPrompt` for this model: its context
-        vectors (and LoRA weights) are applied, and its token set replaces ``config.token_set``
-        (the attention was aligned for those tokens). Refused for any other base model.
+        vectors (and LoRA weights) are applied. Refused for any other base model, and when
+        ``config`` sets a ``token_set``, ``layers`` or ``band`` other than the one the prompt was
+        trained with; ``token_set: null`` follows the prompt.
 
     Attributes
     ----------
+    config : the settings used (``token_set`` resolved).
     timing_ : dict of seconds spent in the last :meth:`ground` call (``total``, ``pairs``).
     """
 
     def __init__(self, ldm: LDM, config: GroundingConfig | None = None, *, prompt=None):
-        self.config = config or GroundingConfig()
-        self.prompt = prompt
+        config = config or GroundingConfig()
         self.ldm = ldm if prompt is None else prompt.apply(ldm)
-        if prompt is not None and self.config.token_set != prompt.token_set:
-            self.config = self.config.model_copy(update={"token_set": prompt.token_set})
+        if prompt is not None:
+            prompt.check_readout(config)
+        # the paper reads the content tokens; a tuned prompt, the tokens it was aligned for
+        token_set = config.token_set or (prompt.token_set if prompt is not None else "content")
+        self.config = config.model_copy(update={"token_set": token_set})
+        self.prompt = prompt
 
-    def _text(self, phrases: list[str]) -> tuple[torch.Tensor, torch.Tensor]:
+    def encode_phrases(self, phrases: list[str]) -> tuple[torch.Tensor, torch.Tensor]:
+        """The text the UNet attends to, (B, T, D), and the weights (B, T) of the tokens read."""
         if self.prompt is not None:
             return self.prompt.encode(
-                self.ldm, phrases, truncate=self.config.truncate, words=self.config.tokens
+                self.ldm,
+                phrases,
+                truncate=self.config.truncate,
+                words=self.config.tokens,
+                token_set=self.config.token_set,
             )
         enc, weights = tokenize_phrases(
             self.ldm.tokenizer,
@@ -207,15 +228,15 @@ class ZeroShotGrounder:
             )
         prepared = [prepare_image(im, self.ldm) for im in images]
         x = torch.stack([p[0] for p in prepared])
-        cond, weights = self._text(list(phrases))
+        cond, weights = self.encode_phrases(list(phrases))
         z0 = self.ldm.encode_images(x)
         n = len(images)
         cfg = self.config
         with AttentionRecorder(self.ldm.unet, layers=cfg.layers, reduce_heads=True) as rec:
             if cfg.mode == "inversion":
                 timesteps = ddim_timesteps(self.ldm.num_train_timesteps, cfg.num_steps, cfg.spacing)
-                lo, hi = math.floor(cfg.band[0] * cfg.num_steps), math.ceil(cfg.band[1] * cfg.num_steps)
-                hi = max(hi, lo + 1)
+                band = band_steps(timesteps, cfg.band, self.ldm.num_train_timesteps)
+                lo, hi = band.start, band.stop
                 uncond = self._uncond(n)
                 both = torch.cat([uncond, cond])
 
@@ -231,7 +252,7 @@ class ZeroShotGrounder:
                 ddim_invert(
                     predict, z0, self.ldm.alphas_cumprod, timesteps, self.ldm.prediction_type, stop_after=hi
                 )
-                recorded = {int(timesteps[i]) for i in range(lo, min(hi, len(timesteps)))}
+                recorded = {int(timesteps[i]) for i in band}
             else:
                 recorded = set()
                 for k, level in enumerate(cfg.noise_levels):

@@ -12,6 +12,8 @@ Adjacency matrices use ``A[i, j] = 1`` for an edge ``i -> j``; orders list varia
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import numpy as np
 
 from trustmed.errors import InputError
@@ -176,12 +178,19 @@ def learned_order(match: np.ndarray) -> list[int]:
     return [int(v) for v in np.argsort(np.asarray(match), kind="stable")]
 
 
-def causal_metrics(z_true, z_hat, adjacency=None, *, score_order_on_learned: bool = True) -> dict:
+def causal_metrics(z_true, z_hat, adjacency=None, *, order_fn: Callable | None = None) -> dict:
     """All causal-representation metrics of METRICS.md with their stable keys.
 
-    ``order_divergence`` scores the identity order of the learned latents (after matching);
-    ``order_divergence_score`` scores the order SCORE recovers from the matched learned latents.
-    Both need the true ``adjacency``.
+    ``order_divergence`` scores the identity order of the learned latents (after matching); it needs
+    the true ``adjacency``. With ``order_fn`` (a function from an ``(n, d)`` array to an order of its
+    columns, root first, such as :func:`trustmed.causal.score_order`) and ``adjacency``,
+    ``order_divergence_score`` scores the order ``order_fn`` finds on the matched learned latents.
+
+    >>> rng = np.random.default_rng(0)
+    >>> z = rng.normal(size=(200, 2))
+    >>> out = causal_metrics(z, z[:, ::-1], np.array([[0, 1], [0, 0]]), order_fn=lambda x: [1, 0])
+    >>> round(out["mcc_pearson"], 6), out["order_divergence"], out["order_divergence_score"]
+    (1.0, 1, 1)
     """
     zt, zh = _check_pair(z_true, z_hat)
     match, corr = match_latents(zt, zh, method="pearson")
@@ -198,9 +207,6 @@ def causal_metrics(z_true, z_hat, adjacency=None, *, score_order_on_learned: boo
         adj = _adjacency(adjacency, "adjacency")
         out["order_divergence"] = order_divergence(adj, learned_order(match))
         out["n_edges"] = int(adj.sum())
-        if score_order_on_learned:
-            from trustmed.causal.ordering import score_order
-
-            order = score_order(zh[:, match])
-            out["order_divergence_score"] = order_divergence(adj, order)
+        if order_fn is not None:
+            out["order_divergence_score"] = order_divergence(adj, order_fn(zh[:, match]))
     return out

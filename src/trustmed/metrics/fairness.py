@@ -7,12 +7,11 @@ demographic parity and equalised odds (Hardt et al., "Equality of Opportunity in
 Learning", arXiv:1610.02413) as reported by fairlearn and by MEDFAIR (Zong et al., "MEDFAIR:
 Benchmarking Fairness for Medical Imaging", arXiv:2210.01725).
 
-Confidence intervals are percentile bootstrap intervals (Efron & Tibshirani, *An Introduction to
-the Bootstrap*, 1993). Each replicate draws a resample that keeps every group's size (stratified)
-and, when patient ids are given, resamples whole patients within a group (cluster bootstrap, Field
-& Welsh, "Bootstrapping clustered data", JRSS-B 2007). Every number, gaps and worst-group values
-included, is recomputed from the same resample, so the interval of a gap is the interval of the
-gap itself rather than a combination of per-group intervals.
+Confidence intervals are percentile bootstrap intervals drawn by :mod:`trustmed.metrics.bootstrap`:
+each replicate keeps every group's size (stratified) and, when patient ids are given, resamples
+whole patients within a group (clustered). Every number, gaps and worst-group values included, is
+recomputed from the same resample, so the interval of a gap is the interval of the gap itself
+rather than a combination of per-group intervals.
 
 A resample is represented by multiplicity weights, so every metric is a function of weighted sums:
 rates and calibration are matrix products of the (replicates × samples) weight matrix with
@@ -47,6 +46,7 @@ import numpy as np
 import pandas as pd
 
 from trustmed.errors import InputError
+from trustmed.metrics.bootstrap import Bootstrap, check_ci, check_n_boot, percentile_ci
 
 __all__ = [
     "GROUP_METRICS",
@@ -93,8 +93,6 @@ GAP_METRICS: tuple[str, ...] = (
 N_BINS = 15
 """Equal-width bins on [0, 1] for the expected calibration error."""
 
-# Bound on the number of weight-matrix entries (replicates × samples) held at once.
-_CHUNK_ENTRIES = 4_000_000
 _EPS = float(np.finfo(np.float64).eps)
 
 
@@ -248,7 +246,8 @@ class _Layout:
     overall_pos: np.ndarray  # columns of all positives, by descending score
     overall_neg: np.ndarray  # columns of all negatives, by ascending score
     overall_ranks: _Ranks
-    clusters: list[np.ndarray] | None  # per group: cluster index of each of its columns
+    strata: np.ndarray  # group index of every column
+    clusters: np.ndarray | None  # cluster (patient) code of every column
 
     @property
     def n(self) -> int:
@@ -279,7 +278,7 @@ def _ranks(pos_desc: np.ndarray, neg_asc: np.ndarray) -> _Ranks:
 
 
 def _layout(y, s, codes, names, threshold, cluster_ids) -> _Layout:
-    order_parts, n_pos, group_ranks, clusters = [], [], [], []
+    order_parts, n_pos, group_ranks = [], [], []
     for g in range(len(names)):
         members = np.flatnonzero(codes == g)
         pos = members[y[members] == 1]
@@ -289,8 +288,6 @@ def _layout(y, s, codes, names, threshold, cluster_ids) -> _Layout:
         order_parts.append(np.concatenate([pos, neg]))
         n_pos.append(len(pos))
         group_ranks.append(_ranks(s[pos], s[neg]))
-        if cluster_ids is not None:
-            clusters.append(pd.factorize(cluster_ids[order_parts[-1]])[0])
     order = np.concatenate(order_parts)
     ys, ss = y[order], s[order]
     offsets = np.cumsum([0] + [len(p) for p in order_parts])
@@ -308,25 +305,9 @@ def _layout(y, s, codes, names, threshold, cluster_ids) -> _Layout:
         overall_pos=pos_cols,
         overall_neg=neg_cols,
         overall_ranks=_ranks(ss[pos_cols], ss[neg_cols]),
-        clusters=clusters if cluster_ids is not None else None,
+        strata=np.repeat(np.arange(len(names)), np.diff(offsets)),
+        clusters=None if cluster_ids is None else cluster_ids[order],
     )
-
-
-def _draw_weights(layout: _Layout, rngs: list[np.random.Generator], b: int) -> np.ndarray:
-    """Multiplicities (b, n) of b stratified resamples, clustered by patient when ids were given.
-
-    Each group draws as many units (samples, or patients) as it has, with replacement, so group
-    sizes are kept (exactly for samples; in patients for clusters).
-    """
-    weights = np.empty((b, layout.n))
-    for g, rng in enumerate(rngs):
-        lo, hi = layout.offsets[g], layout.offsets[g + 1]
-        units = hi - lo if layout.clusters is None else int(layout.clusters[g].max()) + 1
-        draws = rng.integers(0, units, size=(b, units), dtype=np.int32)
-        for row in range(b):
-            counts = np.bincount(draws[row], minlength=units)
-            weights[row, lo:hi] = counts if layout.clusters is None else counts[layout.clusters[g]]
-    return weights
 
 
 def _divide(num: np.ndarray, den: np.ndarray) -> np.ndarray:
@@ -435,11 +416,8 @@ def _evaluate(layout: _Layout, weights: np.ndarray) -> dict[str, Any]:
 
 
 def _bootstrap(layout: _Layout, n_boot: int, seed: int) -> dict[str, Any]:
-    chunk = max(1, min(n_boot, _CHUNK_ENTRIES // max(layout.n, 1)))
-    rngs = [np.random.default_rng(s) for s in np.random.SeedSequence(seed).spawn(len(layout.names))]
-    parts = []
-    for start in range(0, n_boot, chunk):
-        parts.append(_evaluate(layout, _draw_weights(layout, rngs, min(chunk, n_boot - start))))
+    boot = Bootstrap(layout.n, strata=layout.strata, clusters=layout.clusters, seed=seed)
+    parts = [_evaluate(layout, weights) for weights in boot.chunks(n_boot)]
     return {
         part: {key: np.concatenate([p[part][key] for p in parts]) for key in parts[0][part]}
         for part in ("overall", "groups", "gaps")
@@ -575,11 +553,7 @@ def _entry(value: float, samples: np.ndarray | None, ci: tuple[float, float]) ->
     value = float(value)
     if samples is None:
         return {"value": value}
-    defined = samples[~np.isnan(samples)]
-    if math.isnan(value) or defined.size == 0:
-        return {"value": value, "ci": [math.nan, math.nan]}
-    lo, hi = np.quantile(defined, ci)
-    return {"value": value, "ci": [float(lo), float(hi)]}
+    return {"value": value, "ci": [math.nan, math.nan] if math.isnan(value) else percentile_ci(samples, ci)}
 
 
 def _block(point: dict[str, np.ndarray], boot: dict[str, np.ndarray] | None, col, ci) -> dict[str, Any]:
@@ -646,18 +620,14 @@ def fairness_report(
         Non-binary labels, NaN or out-of-range scores, fewer than two groups, length mismatch,
         empty input, or a bad ``n_boot`` / ``ci`` / ``threshold``.
     """
-    if not isinstance(n_boot, int | np.integer) or isinstance(n_boot, bool) or n_boot < 0:
-        raise InputError(f"n_boot must be a non-negative integer, got {n_boot!r}")
+    n_boot = check_n_boot(n_boot)
     if not isinstance(min_group_size, int | np.integer) or min_group_size < 1:
         raise InputError(f"min_group_size must be a positive integer, got {min_group_size!r}")
-    lo_q, hi_q = (float(q) for q in ci)
-    if not 0.0 <= lo_q < hi_q <= 1.0:
-        raise InputError(f"ci must be two quantiles 0 <= lo < hi <= 1, got {ci!r}")
+    quantiles = check_ci(ci)
     layout, attribute = _prepare_inputs(y_true, y_score, groups, threshold, patient_ids, attribute)
     names = layout.names
     point = _point(layout)
-    boot = _bootstrap(layout, int(n_boot), seed) if n_boot > 0 else None
-    quantiles = (lo_q, hi_q)
+    boot = _bootstrap(layout, n_boot, seed) if n_boot > 0 else None
 
     counts = point["groups"]["n"][0]
     small = [

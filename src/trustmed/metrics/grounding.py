@@ -6,7 +6,8 @@ the original image; NaN pixels (outside the model's field of view) are ignored e
 ground truth ``M`` is the union of the phrase's boxes.
 
 Per-pair numbers are summarised per class, as the macro mean (± std) over classes and as the micro
-mean over pairs, each with a percentile-bootstrap CI over pairs (:func:`summarize`).
+mean over pairs, each with a percentile-bootstrap CI over pairs (:func:`summarize`, resampling with
+:mod:`trustmed.metrics.bootstrap`).
 
 >>> import numpy as np
 >>> H = np.zeros((8, 8)); H[2:4, 2:4] = 1.0
@@ -22,6 +23,8 @@ from collections.abc import Sequence
 
 import numpy as np
 import pandas as pd
+
+from trustmed.metrics.bootstrap import Bootstrap, check_ci, check_n_boot, percentile_ci
 
 __all__ = [
     "THRESHOLDS",
@@ -169,13 +172,6 @@ def pair_metrics(heatmap: np.ndarray, box_masks: Sequence[np.ndarray]) -> dict[s
     }
 
 
-def _ci(samples: np.ndarray, ci: tuple[float, float]) -> list[float]:
-    samples = samples[np.isfinite(samples)]
-    if samples.size == 0:
-        return [float("nan"), float("nan")]
-    return [float(np.quantile(samples, ci[0])), float(np.quantile(samples, ci[1]))]
-
-
 def _weighted_means(values: np.ndarray, weights: np.ndarray) -> np.ndarray:
     """Mean of ``values`` (n,) under each row of ``weights`` (R, n), NaN values skipped."""
     ok = np.isfinite(values)
@@ -214,16 +210,25 @@ def summarize(
     missing = [m for m in (*metrics, by) if m not in table.columns]
     if missing:
         raise ValueError(f"columns {missing} not in the per-pair table; available: {list(table.columns)}")
+    n_boot, ci = check_n_boot(n_boot), check_ci(ci)
     n = len(table)
     classes = sorted(table[by].astype(str).unique())
     labels = table[by].astype(str).to_numpy()
-    rng = np.random.default_rng(seed)
-    weights = np.ones((1, n))
+    values = {metric: table[metric].to_numpy(dtype=np.float64) for metric in metrics}
+
+    def means(weights: np.ndarray) -> dict[str, tuple[np.ndarray, np.ndarray]]:
+        """Micro mean (R,) and class means (R, C) of every metric under weight rows (R, n)."""
+        return {
+            metric: (
+                _weighted_means(v, weights),
+                np.column_stack([_weighted_means(v[labels == c], weights[:, labels == c]) for c in classes]),
+            )
+            for metric, v in values.items()
+        }
+
+    parts = [means(np.ones((1, n)))]
     if n_boot > 0 and n > 0:
-        idx = rng.integers(0, n, size=(n_boot, n))
-        boot = np.zeros((n_boot, n))
-        np.add.at(boot, (np.repeat(np.arange(n_boot), n), idx.ravel()), 1.0)
-        weights = np.vstack([weights, boot])
+        parts += [means(w) for w in Bootstrap(n, seed=seed).chunks(n_boot)]
     out: dict = {
         "task": "grounding",
         "n_boot": int(n_boot),
@@ -234,11 +239,8 @@ def summarize(
         "warnings": [],
     }
     for metric in metrics:
-        values = table[metric].to_numpy(dtype=np.float64)
-        micro = _weighted_means(values, weights)
-        per_class = np.column_stack(
-            [_weighted_means(values[labels == c], weights[:, labels == c]) for c in classes]
-        )
+        micro = np.concatenate([p[metric][0] for p in parts])
+        per_class = np.concatenate([p[metric][1] for p in parts])
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", RuntimeWarning)
             macro = np.nanmean(per_class, axis=1)
@@ -255,5 +257,5 @@ def summarize(
 def _entry(samples: np.ndarray, n_boot: int, ci: tuple[float, float]) -> dict:
     entry: dict = {"value": float(samples[0])}
     if n_boot > 0:
-        entry["ci"] = _ci(samples[1:], ci)
+        entry["ci"] = percentile_ci(samples[1:], ci)
     return entry

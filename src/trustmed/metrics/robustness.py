@@ -5,10 +5,10 @@ arXiv 2012.07421): ``acc_avg`` (accuracy over all samples), ``acc_group:<name>``
 ``count_group:<name>`` for every group, and ``acc_wg`` (worst-group accuracy), the quantity that
 Group DRO (Sagawa et al., arXiv 1911.08731) and GroupDistil (Vilouras et al., arXiv 2311.00476) optimise.
 
-Confidence intervals are percentile bootstrap intervals (METRICS.md): each replicate resamples every
-group with replacement at its own size (stratified), optionally whole patients at a time, and
-recomputes every number (``acc_wg`` included) from the same resample. Replicates are computed as one
-matrix product, never in a Python loop over replicates.
+Confidence intervals are percentile bootstrap intervals (METRICS.md) drawn by
+:mod:`trustmed.metrics.bootstrap`: each replicate resamples every group with replacement at its own
+size (stratified), optionally whole patients at a time, and recomputes every number (``acc_wg``
+included) from the same resample, all replicates in one matrix product over the weights.
 
 >>> import numpy as np
 >>> y = np.array([0, 0, 1, 1, 1, 1]); pred = np.array([0, 1, 1, 1, 1, 0])
@@ -25,37 +25,9 @@ from typing import Any
 import numpy as np
 
 from trustmed.errors import InputError
+from trustmed.metrics.bootstrap import Bootstrap, check_ci, check_n_boot, percentile_ci
 
-__all__ = ["robustness_metrics", "bootstrap_weights"]
-
-
-def bootstrap_weights(
-    groups: np.ndarray,
-    *,
-    n_boot: int,
-    seed: int = 0,
-    clusters: np.ndarray | None = None,
-) -> np.ndarray:
-    """Resampling counts, shape ``(n_boot, n)``: how often each sample is drawn in each replicate.
-
-    Every group is resampled at its own size. With ``clusters`` (e.g. patient ids), whole clusters are
-    drawn within each group, as many as the group has, so all images of a patient move together.
-    """
-    rng = np.random.default_rng(seed)
-    n = len(groups)
-    weights = np.zeros((n_boot, n), dtype=np.float64)
-    for g in np.unique(groups):
-        members = np.flatnonzero(groups == g)
-        if clusters is None:
-            draws = rng.integers(0, len(members), size=(n_boot, len(members)))
-            np.add.at(weights, (np.arange(n_boot)[:, None], members[draws]), 1.0)
-            continue
-        cluster_ids, inverse = np.unique(clusters[members], return_inverse=True)
-        draws = rng.integers(0, len(cluster_ids), size=(n_boot, len(cluster_ids)))
-        cluster_counts = np.zeros((n_boot, len(cluster_ids)))
-        np.add.at(cluster_counts, (np.arange(n_boot)[:, None], draws), 1.0)
-        weights[:, members] = cluster_counts[:, inverse]
-    return weights
+__all__ = ["robustness_metrics"]
 
 
 def robustness_metrics(
@@ -84,6 +56,7 @@ def robustness_metrics(
     dict with ``acc_avg``, ``acc_group:<name>``, ``acc_wg`` as ``{"value": v, "ci": [lo, hi]}`` (no
     ``ci`` when ``n_boot == 0``), ``count_group:<name>`` as ints, ``worst_group`` (its name) and ``n_boot``.
     """
+    n_boot, ci = check_n_boot(n_boot), check_ci(ci)
     y_true, y_pred = np.asarray(y_true), np.asarray(y_pred)
     groups = np.asarray(groups).astype(str)
     if not (len(y_true) == len(y_pred) == len(groups)):
@@ -110,13 +83,13 @@ def robustness_metrics(
     result: dict[str, Any] = {key: {"value": float(v)} for key, v in values.items()}
     if n_boot > 0:
         clusters = None if patient_ids is None else np.asarray(patient_ids).astype(str)
-        w = bootstrap_weights(groups, n_boot=n_boot, seed=seed, clusters=clusters)
-        b_avg, b_group = summarise(w)
+        resample = Bootstrap(len(groups), strata=groups, clusters=clusters, seed=seed)
+        parts = [summarise(w) for w in resample.chunks(n_boot)]
+        b_avg, b_group = np.concatenate([a for a, _ in parts]), np.concatenate([g for _, g in parts])
         boot = {"acc_avg": b_avg, "acc_wg": b_group.min(axis=1)}
         boot.update({f"acc_group:{name}": b_group[:, i] for i, name in enumerate(names)})
         for key, samples in boot.items():
-            lo, hi = np.quantile(samples, ci)
-            result[key]["ci"] = [float(lo), float(hi)]
+            result[key]["ci"] = percentile_ci(samples, ci)
     for i, name in enumerate(names):
         result[f"count_group:{name}"] = int(counts[i])
     result["worst_group"] = names[int(np.argmin(group_acc[0]))]

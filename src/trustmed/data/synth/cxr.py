@@ -39,6 +39,7 @@ __all__ = [
     "Case",
     "generate_case",
     "flip_laterality",
+    "generate_synthcxr",
     "make_synthcxr",
     "make_synthcxr_vindr",
     "sentence_vocabulary",
@@ -457,3 +458,26 @@ def make_synthcxr_vindr(
     pd.DataFrame(rows).to_csv(csv, index=False)
     pd.DataFrame(sentences).to_csv(out / "sentences.csv", index=False)
     return csv
+
+
+def generate_synthcxr(
+    out_dir: str | Path, *, seed: int = 0, n_images: int = 600, image_size: int = 128, vindr: bool = False
+) -> Path:
+    """Write SynthCXR into ``out_dir`` (``trustmed data synth cxr``) and return the folder.
+
+    Parameters
+    ----------
+    out_dir : folder to write into (created).
+    seed : everything is a deterministic function of it.
+    n_images : number of images (at least 3: one per split).
+    image_size : side of the square images (at least 32 pixels, for the anatomy to be drawn).
+    vindr : write the out-of-distribution variant in the VinDr-CXR format
+        (:func:`make_synthcxr_vindr`) instead of the MS-CXR format (:func:`make_synthcxr`).
+    """
+    if n_images < 3:
+        raise InputError(f"SynthCXR: n_images={n_images}; expected at least 3 (one per split)")
+    if image_size < 32:
+        raise InputError(f"SynthCXR: image_size={image_size}; expected at least 32 pixels")
+    make = make_synthcxr_vindr if vindr else make_synthcxr
+    make(out_dir, n_images=n_images, image_size=image_size, seed=seed)
+    return Path(out_dir)

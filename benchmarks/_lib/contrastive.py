@@ -1,10 +1,11 @@
 """A contrastive image–text grounding baseline: the heatmap is a patch–sentence similarity map.
 
-The baseline LDM-attention grounding is compared against. A small image–text model is trained on
-images and their report sentences only (never the boxes), with the two losses of GLoRIA (Huang et
-al., "GLoRIA: A Multimodal Global-Local Representation Learning Framework for Label-efficient
-Medical Image Recognition", ICCV 2021), also used by BioViL (Boecking et al., "Making the Most of
-Text Semantics to Improve Biomedical Vision-Language Processing", ECCV 2022):
+The baseline ``benchmarks/prompt_tuning_synthcxr.py`` compares LDM-attention grounding against. A
+small image–text model is trained on images and their report sentences only (never the boxes), with
+the two losses of GLoRIA (Huang et al., "GLoRIA: A Multimodal Global-Local Representation Learning
+Framework for Label-efficient Medical Image Recognition", ICCV 2021), also used by BioViL (Boecking
+et al., "Making the Most of Text Semantics to Improve Biomedical Vision-Language Processing", ECCV
+2022):
 
 * **Image encoder**: a small CNN turns the image (plus two coordinate channels, so a patch knows
   whether it lies on the image's left or right) into a grid of patch embeddings (16 × 16 at 64²); the
@@ -266,7 +267,8 @@ class ContrastiveModel(nn.Module):
     @classmethod
     def load(cls, folder: str | Path) -> ContrastiveModel:
         """Load a folder written by :meth:`save` (eval mode, on the CPU)."""
-        from trustmed.grounding.ldm import _transformers
+        from transformers import AutoTokenizer
+
         from trustmed.io import read_json, read_tensors, refuse_pickles
 
         folder = Path(folder)
@@ -282,9 +284,7 @@ class ContrastiveModel(nn.Module):
         except ValidationError as err:
             raise InputError(f"{meta_path}: invalid config: {err.errors()[0]['msg']}") from None
         try:
-            tokenizer = _transformers().AutoTokenizer.from_pretrained(
-                folder / "tokenizer", local_files_only=True
-            )
+            tokenizer = AutoTokenizer.from_pretrained(folder / "tokenizer", local_files_only=True)
         except (OSError, ValueError) as exc:
             raise InputError(
                 f"{folder / 'tokenizer'}: cannot load the tokenizer: {str(exc).splitlines()[0]}"

@@ -1,15 +1,12 @@
-"""Two reference points for post-hoc debiasing: fair retraining and per-group thresholds.
+"""Per-group thresholds (``group_thresholds``): a sanity baseline of post-hoc debiasing.
 
-* :class:`RetrainFair` (``retrain_fair``) trains the same architecture from scratch on the full
-  training set with ``WBCE + λ·B`` — the weighted BCE and the soft fairness gap of SWiFT
-  ("Soft-Mask Weight Fine-tuning for Bias Mitigation", MELBA 2025, arXiv 2508.18826) — on the same
-  schedule as the ERM model. It is the costly route that post-hoc methods are meant to avoid.
-* :class:`GroupThresholds` (``group_thresholds``) keeps the model and picks a decision threshold
-  per group with fairlearn's ``ThresholdOptimizer`` (Hardt, Price and Srebro, "Equality of
-  Opportunity in Supervised Learning", NeurIPS 2016, arXiv 1610.02413). It needs the sensitive
-  attribute **at prediction time** (``needs_attribute_at_prediction = True``), which most
-  deployments cannot or may not use; it is a sanity baseline, flagged as such in every table. Its
-  outputs are (randomised, seeded) decisions, so its "scores" are 0/1.
+:class:`GroupThresholds` keeps the model and picks a decision threshold per group with fairlearn's
+``ThresholdOptimizer`` (Hardt, Price and Srebro, "Equality of Opportunity in Supervised Learning",
+NeurIPS 2016, arXiv 1610.02413), fit on the external set. It needs the sensitive attribute **at
+prediction time** (``needs_attribute_at_prediction = True``), which most deployments cannot or may
+not use; it is flagged as such in every table. Its outputs are (randomised, seeded) decisions, so
+its "scores" are 0/1. The fitted thresholds are saved as plain JSON (:meth:`GroupThresholds.save`)
+and applied to any predictions table without fairlearn (:func:`apply_thresholds`).
 
 >>> import numpy as np
 >>> rng = np.random.default_rng(0)
@@ -22,173 +19,20 @@ True
 
 from __future__ import annotations
 
-import copy
 import time
 from pathlib import Path
+from typing import Any
 
 import numpy as np
-import torch
+import pandas as pd
 from sklearn.base import BaseEstimator, ClassifierMixin
-from sklearn.metrics import roc_auc_score
 from torch import nn
 
-from trustmed.debias.finetune import (
-    GroupedSet,
-    check_external_set,
-    combined_loss,
-    make_optimizer,
-    predict_proba,
-)
-from trustmed.debias.swift import _binary_head
+from trustmed.debias.base import DebiasEstimator
+from trustmed.debias.data import GroupedSet, check_external_set, predict_proba
 from trustmed.errors import InputError
-from trustmed.train import fit
-from trustmed.utils import seed_everything
 
-__all__ = ["RetrainFair", "GroupThresholds", "reinitialise"]
-
-
-def reinitialise(model: nn.Module, seed: int = 0) -> nn.Module:
-    """Reset every submodule that has ``reset_parameters`` (seeded): the same architecture, untrained."""
-    torch.manual_seed(seed)
-    for module in model.modules():
-        if hasattr(module, "reset_parameters"):
-            module.reset_parameters()
-        if hasattr(module, "reset_running_stats"):
-            module.reset_running_stats()
-    return model
-
-
-def _augment(images: torch.Tensor) -> torch.Tensor:
-    """Random flips and 90° rotations per image (the augmentation of ERM training)."""
-    out = images.clone()
-    n = images.shape[0]
-    flip_h = torch.rand(n) < 0.5
-    flip_v = torch.rand(n) < 0.5
-    turns = torch.randint(0, 4, (n,))
-    out[flip_h] = out[flip_h].flip(-1)
-    out[flip_v] = out[flip_v].flip(-2)
-    for k in (1, 2, 3):
-        rows = turns == k
-        out[rows] = torch.rot90(out[rows], k, dims=(-2, -1))
-    return out
-
-
-class RetrainFair:
-    """Train the architecture of ``model`` from scratch with ``WBCE + λ·B`` on the training set.
-
-    Parameters
-    ----------
-    attribute : name of the sensitive attribute (informational).
-    bias_loss : ``"eodds"``, ``"eopp"`` or ``"dp"``.
-    lam : weight λ of the bias loss.
-    epochs, lr, optimizer, batch_size, weight_decay, momentum, cosine, augment : the schedule;
-        :meth:`from_train_config` copies the ERM model's.
-    seed : seeds initialisation, shuffling and augmentation.
-
-    With a ``val_set``, the epoch with the best validation AUC is kept (as ERM training does).
-    """
-
-    def __init__(
-        self,
-        attribute: str | None = None,
-        *,
-        bias_loss: str = "eodds",
-        lam: float = 1.0,
-        epochs: int = 10,
-        lr: float = 1e-3,
-        optimizer: str = "adam",
-        batch_size: int = 64,
-        weight_decay: float = 0.0,
-        momentum: float = 0.9,
-        cosine: bool = False,
-        augment: bool = False,
-        seed: int = 0,
-    ):
-        self.attribute = attribute
-        self.bias_loss = bias_loss
-        self.lam = lam
-        self.epochs = epochs
-        self.lr = lr
-        self.optimizer = optimizer
-        self.batch_size = batch_size
-        self.weight_decay = weight_decay
-        self.momentum = momentum
-        self.cosine = cosine
-        self.augment = augment
-        self.seed = seed
-
-    @classmethod
-    def from_train_config(cls, train_config: dict, **kwargs) -> RetrainFair:
-        """The schedule of an ERM run, from its ``TrainConfig`` as a dict (``model.json``'s ``config``)."""
-        optim = train_config.get("optim", {})
-        data = train_config.get("data", {})
-        schedule = {
-            "epochs": optim.get("epochs", 10),
-            "lr": optim.get("lr", 1e-3),
-            "optimizer": optim.get("name", "adam"),
-            "weight_decay": optim.get("weight_decay", 0.0),
-            "momentum": optim.get("momentum", 0.9),
-            "cosine": optim.get("cosine", False),
-            "batch_size": data.get("batch_size", 64),
-            "augment": data.get("augment", False),
-            "seed": train_config.get("seed", 0),
-        }
-        schedule.update(kwargs)
-        return cls(**schedule)
-
-    def fit(self, model: nn.Module, train_set: GroupedSet, val_set: GroupedSet | None = None) -> RetrainFair:
-        """Train a re-initialised copy of ``model`` on ``train_set``."""
-        _binary_head(model)
-        check_external_set(train_set, "training set")
-        start = time.perf_counter()
-        seed_everything(self.seed)
-        model = reinitialise(copy.deepcopy(model), self.seed)
-        for p in model.parameters():
-            p.requires_grad_(True)
-        loader = train_set.loader(self.batch_size, shuffle=True, seed=self.seed)
-        base_loss = combined_loss(1.0, self.lam, kind=self.bias_loss, n_groups=len(train_set.group_names))
-
-        def loss_fn(m: nn.Module, batch) -> torch.Tensor:
-            x, y, g = batch
-            return base_loss(m, (_augment(x) if self.augment else x, y, g))
-
-        optimizer = make_optimizer(
-            model.parameters(),
-            self.optimizer,
-            self.lr,
-            weight_decay=self.weight_decay,
-            momentum=self.momentum,
-        )
-        scheduler = (
-            torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=self.epochs) if self.cosine else None
-        )
-        evaluate = None
-        if val_set is not None:
-
-            def evaluate(m: nn.Module) -> dict[str, float]:
-                return {"val_auc": float(roc_auc_score(val_set.labels, predict_proba(m, val_set)))}
-
-        result = fit(
-            model,
-            optimizer,
-            loader,
-            loss_fn,
-            epochs=self.epochs,
-            evaluate=evaluate,
-            scheduler=scheduler,
-            select="val_auc" if val_set is not None else None,
-            description="retrain (fair)",
-        )
-        model.eval()
-        self.model_ = model
-        self.history_ = result.history
-        self.cost_ = {
-            "wall_time_s": time.perf_counter() - start,
-            "epochs": result.epochs,
-            "samples_seen": result.samples_seen,
-            "parameter_updates": result.parameter_updates,
-        }
-        return self
+__all__ = ["GroupThresholds", "apply_thresholds"]
 
 
 class _ScorePassthrough(ClassifierMixin, BaseEstimator):
@@ -230,7 +74,7 @@ def _threshold(operation: list, x: np.ndarray) -> np.ndarray:
     return (x > threshold) if op == ">" else (x < threshold)
 
 
-class GroupThresholds:
+class GroupThresholds(DebiasEstimator):
     """Per-group thresholds on a model's scores (fairlearn ``ThresholdOptimizer``), fit on the external set.
 
     Parameters
@@ -257,9 +101,7 @@ class GroupThresholds:
         self.objective = objective
         self.seed = seed
 
-    def fit(
-        self, model: nn.Module, external_set: GroupedSet, val_set: GroupedSet | None = None
-    ) -> GroupThresholds:
+    def fit(self, model: nn.Module, external_set: GroupedSet) -> GroupThresholds:
         """Fit per-group thresholds to ``model``'s scores on ``external_set``; ``model_`` is ``model``."""
         check_external_set(external_set)
         start = time.perf_counter()
@@ -386,3 +228,41 @@ class GroupThresholds:
     def predict_scores(self, data: GroupedSet) -> np.ndarray:
         """Decisions (as 0/1 scores) on ``data``; uses its groups."""
         return self.decide(predict_proba(self.model_, data), data.groups)
+
+    def write_outputs(self, folder: Path) -> dict[str, Any]:
+        """``group_thresholds.json`` (the model is unchanged: the thresholds are the method's output)."""
+        return {"thresholds_file": self.save(Path(folder) / "group_thresholds.json").name}
+
+
+def apply_thresholds(
+    rules: GroupThresholds,
+    predictions: pd.DataFrame,
+    *,
+    attribute: str | None = None,
+    what: str = "predictions",
+) -> pd.DataFrame:
+    """``predictions`` (a ``score`` column and the attribute's) with ``p_decision`` (P(1) under the
+    per-group thresholds) and ``decision`` (a seeded 0/1 draw) added.
+
+    ``attribute`` defaults to the one stored with the thresholds. A missing column, a missing or
+    non-numeric score or attribute value, or a group the thresholds have not seen is an
+    :class:`InputError` naming ``what``.
+    """
+    attribute = attribute or rules.attribute
+    if not attribute:
+        raise InputError(f"{what}: no attribute given, and the thresholds store none (--attribute)")
+    for column in ("score", attribute):
+        if column not in predictions.columns:
+            raise InputError(
+                f"{what}: column {column!r} not found; available: {', '.join(map(str, predictions.columns))}"
+            )
+    scores = pd.to_numeric(predictions["score"], errors="coerce")
+    bad = scores.isna() | predictions[attribute].isna()
+    if bad.any():
+        row = int(bad.to_numpy().argmax())
+        raise InputError(f"{what}: row {row + 2}: score or {attribute!r} is missing or not a number")
+    groups = predictions[attribute].astype(str).to_numpy()
+    return predictions.assign(
+        p_decision=rules.probability(scores.to_numpy(), groups),
+        decision=rules.decide(scores.to_numpy(), groups).astype(int),
+    )

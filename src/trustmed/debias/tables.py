@@ -1,0 +1,132 @@
+"""A comparison of debiasing methods as a table, the dominance test on it, and its Pareto figure.
+
+:func:`comparison_table` flattens a :class:`~trustmed.debias.selection.Comparison` into one row
+per (method, split, threshold) with 95 % CIs (``<metric>_lo`` / ``<metric>_hi``), cost and the
+attribute-at-prediction flag; :func:`dominating_methods` reads it (dominance beyond the CIs) and
+:func:`pareto_figure` draws gap against AUC from it.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from trustmed.debias.registry import METHODS
+from trustmed.debias.selection import GAPS, REPORTED, Comparison
+from trustmed.errors import InputError
+
+__all__ = ["COST_KEYS", "comparison_table", "dominating_methods", "pareto_figure"]
+
+COST_KEYS = ("wall_time_s", "epochs", "samples_seen", "parameter_updates")
+
+
+def comparison_table(comparison: Comparison) -> pd.DataFrame:
+    """One row per (method, split, threshold): metrics with CIs, cost, and the attribute flag."""
+    rows = []
+    for name, res in comparison.results.items():
+        for split, by_kind in res.metrics.items():
+            for kind, report in by_kind.items():
+                row: dict[str, Any] = {
+                    "method": name,
+                    "split": split,
+                    "threshold": kind,
+                    "needs_attribute_at_prediction": res.needs_attribute,
+                    "guard_passed": res.guard_passed,
+                }
+                for key in REPORTED:
+                    _put(row, key, report["overall"][key])
+                for key in GAPS:
+                    _put(row, key, report["gaps"][key])
+                row.update({k: res.cost[k] for k in COST_KEYS})
+                row["params"] = ", ".join(f"{k}={v}" for k, v in res.params.items())
+                rows.append(row)
+    return pd.DataFrame(rows)
+
+
+def _put(row: dict[str, Any], key: str, entry: Mapping[str, Any]) -> None:
+    row[key] = entry["value"]
+    lo, hi = entry.get("ci", [np.nan, np.nan])
+    row[f"{key}_lo"], row[f"{key}_hi"] = lo, hi
+
+
+def dominating_methods(
+    table: pd.DataFrame,
+    target: str = "swift",
+    *,
+    split: str = "test",
+    threshold: str = "0.5",
+    gap: str = "eodds_mean_gap",
+    exclude: Sequence[str] | None = None,
+) -> list[str]:
+    """Methods whose AUC is higher **and** gap lower than ``target``'s, both beyond the CIs (no overlap).
+
+    ``exclude`` defaults to the registered methods that need the attribute at prediction time and
+    the ablations.
+    """
+    if exclude is None:
+        exclude = [m.name for m in METHODS.values() if m.needs_attribute or m.ablation_of is not None]
+    rows = table[(table["split"] == split) & (table["threshold"] == threshold)].set_index("method")
+    if target not in rows.index:
+        raise InputError(f"dominating_methods: {target!r} is not in the table")
+    t = rows.loc[target]
+    out = []
+    for name, r in rows.iterrows():
+        if name == target or name in exclude:
+            continue
+        if r["auc_lo"] > t["auc_hi"] and r[f"{gap}_hi"] < t[f"{gap}_lo"]:
+            out.append(str(name))
+    return out
+
+
+def pareto_figure(
+    table: pd.DataFrame,
+    path: str | Path,
+    *,
+    split: str = "test",
+    threshold: str = "0.5",
+    gap: str = "eodds_mean_gap",
+    title: str | None = None,
+) -> Path:
+    """Gap (x) against AUC (y) per method, with 95 % CI bars; attribute-at-prediction methods hollow."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    rows = table[(table["split"] == split) & (table["threshold"] == threshold)]
+    fig, ax = plt.subplots(figsize=(6.2, 4.4), dpi=110)
+    cmap = plt.get_cmap("tab10")
+    for i, (_, r) in enumerate(rows.iterrows()):
+        xerr = [[max(r[gap] - r[f"{gap}_lo"], 0)], [max(r[f"{gap}_hi"] - r[gap], 0)]]
+        yerr = [[max(r["auc"] - r["auc_lo"], 0)], [max(r["auc_hi"] - r["auc"], 0)]]
+        hollow = bool(r["needs_attribute_at_prediction"])
+        color = cmap(i % 10)
+        label = r["method"] + (" (needs attribute)" if hollow else "")
+        ax.errorbar(
+            r[gap],
+            r["auc"],
+            xerr=np.nan_to_num(xerr),
+            yerr=np.nan_to_num(yerr),
+            fmt="o",
+            color=color,
+            mfc="white" if hollow else color,
+            ms=7 if r["method"] == "swift" else 5,
+            capsize=2,
+            lw=1,
+            label=label,
+        )
+    ax.set_xlabel(f"{gap} ({split}, threshold {threshold}; lower is fairer)")
+    ax.set_ylabel(f"AUC ({split})")
+    ax.set_title(title or "Fairness gap vs AUC (95% bootstrap CIs)")
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=7, loc="best")
+    fig.tight_layout()
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path)
+    plt.close(fig)
+    return path
