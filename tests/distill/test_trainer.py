@@ -129,3 +129,17 @@ def test_group_accuracy_and_plot(tmp_path):
 def test_loss_is_checkpointable_state():
     loss = GroupDistilLoss(3)
     assert set(loss.state_dict()) == {"adjust", "log_q"}
+
+
+def test_losses_and_trainer_default_to_the_command_settings():
+    """One owner per parameter: the library's defaults are those of ``trustmed distill``."""
+    from trustmed.distill import GroupDistilLoss, KDLoss
+    from trustmed.distill.run import DistillConfig
+
+    cfg = DistillConfig()
+    d = GroupDistiller(n_groups=2)
+    assert (d.temperature, d.alpha, d.eta, d.adjustment) == tuple(cfg.loss.model_dump().values())
+    assert (d.epochs, d.lr, d.weight_decay) == (cfg.train.epochs, cfg.train.lr, cfg.train.weight_decay)
+    kd, group = KDLoss(), GroupDistilLoss(2)
+    assert (kd.temperature, kd.alpha) == (cfg.loss.temperature, cfg.loss.alpha)
+    assert (group.temperature, group.alpha, group.eta) == (cfg.loss.temperature, cfg.loss.alpha, cfg.loss.eta)

@@ -7,7 +7,6 @@ with :func:`trustmed.causal.pipeline.fit_pipeline`. Runs on the CPU in well unde
 
 from __future__ import annotations
 
-import io
 from pathlib import Path
 
 import numpy as np
@@ -83,6 +82,8 @@ def _figure(fig_data: dict) -> bytes:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
+    from trustmed.report.figures import save_png
+
     z = fig_data["z"]
     names = list(fig_data["latents"])
     fig, axes = plt.subplots(len(names), z.shape[1], figsize=(3 * z.shape[1], 2.6 * len(names)))
@@ -93,11 +94,7 @@ def _figure(fig_data: dict) -> bytes:
             ax.scatter(z[:, j], z_hat[:, match[j]], s=3, alpha=0.5)
             ax.set_title(f"{name.split(' ')[0]}: z{j} vs latent {match[j]}", fontsize=8)
             ax.tick_params(labelsize=6)
-    fig.tight_layout()
-    buf = io.BytesIO()
-    fig.savefig(buf, format="png", dpi=90)
-    plt.close(fig)
-    return buf.getvalue()
+    return save_png(fig, dpi=90)
 
 
 def demo_section(out_dir: Path, *, seed: int = 0, quick: bool = True) -> Section:

@@ -146,12 +146,13 @@ def build_card(
 def plot_balance(card: Mapping[str, Any]) -> bytes:
     """PNG bytes of a group × label balance figure: one panel per attribute, stacked negatives and
     positives per group, annotated with the group's prevalence."""
-    import io
 
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
+
+    from trustmed.report.figures import save_png
 
     attributes = list(card["groups"]) or []
     n = max(len(attributes), 1)
@@ -176,11 +177,7 @@ def plot_balance(card: Mapping[str, Any]) -> bytes:
     else:
         axes[0][0].legend(loc="lower right", fontsize=8)
     fig.suptitle(f"{card['dataset']}: group × label balance (prevalence at bar ends)")
-    fig.tight_layout()
-    buffer = io.BytesIO()
-    fig.savefig(buffer, format="png", dpi=100)
-    plt.close(fig)
-    return buffer.getvalue()
+    return save_png(fig, dpi=100)
 
 
 def _md_table(header: Sequence[str], rows: list[Sequence[Any]]) -> str:

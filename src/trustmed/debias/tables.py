@@ -97,6 +97,8 @@ def pareto_figure(
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
+    from trustmed.report.figures import save_png
+
     rows = table[(table["split"] == split) & (table["threshold"] == threshold)]
     fig, ax = plt.subplots(figsize=(6.2, 4.4), dpi=110)
     cmap = plt.get_cmap("tab10")
@@ -124,9 +126,5 @@ def pareto_figure(
     ax.set_title(title or "Fairness gap vs AUC (95% bootstrap CIs)")
     ax.grid(alpha=0.3)
     ax.legend(fontsize=7, loc="best")
-    fig.tight_layout()
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path)
-    plt.close(fig)
-    return path
+    save_png(fig, path)
+    return Path(path)

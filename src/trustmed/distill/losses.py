@@ -34,7 +34,11 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from trustmed.distill.config import LossConfig
+
 __all__ = ["GroupDROLoss", "GroupDistilLoss", "KDLoss", "distillation_terms"]
+
+_LOSS = LossConfig()  # the defaults of ``trustmed distill``
 
 
 def distillation_terms(
@@ -66,7 +70,7 @@ class KDLoss(nn.Module):
     Every sample weighs the same, so groups count in proportion to their size.
     """
 
-    def __init__(self, temperature: float = 4.0, alpha: float = 0.9):
+    def __init__(self, temperature: float = _LOSS.temperature, alpha: float = _LOSS.alpha):
         super().__init__()
         if temperature <= 0 or not 0 <= alpha <= 1:
             raise ValueError(f"need temperature > 0 and 0 <= alpha <= 1, got {temperature}, {alpha}")
@@ -106,10 +110,10 @@ class GroupDistilLoss(nn.Module):
     def __init__(
         self,
         n_groups: int,
-        temperature: float = 4.0,
-        alpha: float = 0.9,
-        eta: float = 0.01,
-        adjustment: float = 0.0,
+        temperature: float = _LOSS.temperature,
+        alpha: float = _LOSS.alpha,
+        eta: float = _LOSS.eta,
+        adjustment: float = _LOSS.adjustment,
         *,
         group_counts: torch.Tensor | list[int] | None = None,
     ):
@@ -203,8 +207,8 @@ class GroupDROLoss(GroupDistilLoss):
     def __init__(
         self,
         n_groups: int,
-        eta: float = 0.01,
-        adjustment: float = 0.0,
+        eta: float = _LOSS.eta,
+        adjustment: float = _LOSS.adjustment,
         *,
         group_counts: torch.Tensor | list[int] | None = None,
     ):

@@ -29,6 +29,7 @@ import pandas as pd
 from torch import nn
 
 from trustmed.config import Config, NBoot
+from trustmed.distill.config import LossConfig, TrainConfig
 from trustmed.distill.trainer import GroupDistiller, make_group_loaders, plot_group_weights
 from trustmed.errors import InputError
 
@@ -75,24 +76,6 @@ class StudentConfig(Config):
     arch: str = "tiny_cnn"
     width: int = 8
     dropout: float = 0.0
-
-
-class LossConfig(Config):
-    """Hyper-parameters of the losses (:mod:`trustmed.distill.losses`)."""
-
-    temperature: float = 4.0
-    alpha: float = 0.9
-    eta: float = 0.01
-    adjustment: float = 0.0
-
-
-class TrainConfig(Config):
-    """Optimisation (AdamW); ``resume`` continues from the run folder's ``checkpoints``."""
-
-    epochs: int = 15
-    lr: float = 3e-3
-    weight_decay: float = 1e-4
-    resume: bool = False
 
 
 class DistillConfig(Config):

@@ -38,6 +38,7 @@ import torch.nn.functional as F
 from torch import nn
 from torch.utils.data import Dataset
 
+from trustmed.distill.config import LossConfig, TrainConfig
 from trustmed.distill.losses import GroupDistilLoss, GroupDROLoss, KDLoss
 from trustmed.errors import InputError
 from trustmed.train import FitResult, fit, make_accelerator, predict
@@ -53,6 +54,9 @@ __all__ = [
     "plot_group_weights",
     "teacher_logits",
 ]
+
+# Defaults of the losses and of training: those of ``trustmed distill`` (one owner).
+_LOSS, _TRAIN = LossConfig(), TrainConfig()
 
 log = logging.getLogger(__name__)
 
@@ -109,10 +113,10 @@ def build_loss(
     method: str,
     n_groups: int,
     *,
-    temperature: float = 4.0,
-    alpha: float = 0.9,
-    eta: float = 0.01,
-    adjustment: float = 0.0,
+    temperature: float = _LOSS.temperature,
+    alpha: float = _LOSS.alpha,
+    eta: float = _LOSS.eta,
+    adjustment: float = _LOSS.adjustment,
     group_counts: Sequence[int] | None = None,
 ) -> nn.Module | None:
     """The loss module of a method (``None`` for ERM, which uses plain cross-entropy)."""
@@ -177,14 +181,14 @@ class GroupDistiller:
         method: str = "groupdistil",
         *,
         n_groups: int,
-        temperature: float = 4.0,
-        alpha: float = 0.9,
-        eta: float = 0.01,
-        adjustment: float = 0.0,
+        temperature: float = _LOSS.temperature,
+        alpha: float = _LOSS.alpha,
+        eta: float = _LOSS.eta,
+        adjustment: float = _LOSS.adjustment,
         group_counts: Sequence[int] | None = None,
-        epochs: int = 20,
-        lr: float = 1e-3,
-        weight_decay: float = 1e-4,
+        epochs: int = _TRAIN.epochs,
+        lr: float = _TRAIN.lr,
+        weight_decay: float = _TRAIN.weight_decay,
         select: str = "acc_wg",
         cache_teacher: bool = True,
     ):
@@ -351,6 +355,8 @@ def plot_group_weights(
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
+    from trustmed.report.figures import save_png
+
     fig, ax = plt.subplots(figsize=(5.5, 3.4), dpi=110)
     epochs = np.arange(len(weights))
     for g, name in enumerate(names):
@@ -359,12 +365,8 @@ def plot_group_weights(
     ax.set_ylabel("group weight q")
     ax.set_title(title or "group weights during training")
     ax.legend(fontsize=7, loc="best")
-    fig.tight_layout()
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path)
-    plt.close(fig)
-    return path
+    save_png(fig, path)
+    return Path(path)
 
 
 def make_group_loaders(

@@ -201,6 +201,8 @@ def plot_cases(cases: list[dict], path, *, columns: int = 4) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
+    from trustmed.report.figures import save_png
+
     rows = max(1, -(-len(cases) // columns))
     fig, axes = plt.subplots(rows, columns, figsize=(3 * columns, 3.2 * rows), squeeze=False)
     for ax in axes.ravel():
@@ -211,6 +213,4 @@ def plot_cases(cases: list[dict], path, *, columns: int = 4) -> None:
         for x, y, w, h in case.get("boxes", []):
             ax.add_patch(plt.Rectangle((x, y), w, h, fill=False, edgecolor="lime", linewidth=1.2))
         ax.set_title(case.get("title", ""), fontsize=7)
-    fig.tight_layout()
-    fig.savefig(path, dpi=90)
-    plt.close(fig)
+    save_png(fig, path, dpi=90)

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import io
 import os
+import sys
 from collections.abc import Sequence
 from typing import Any
 
@@ -22,7 +23,7 @@ import numpy as np
 
 from trustmed.io import atomic_write_bytes
 
-__all__ = ["roc_curves_png", "calibration_png", "group_metrics_png"]
+__all__ = ["calibration_png", "group_metrics_png", "roc_curves_png", "save_png"]
 
 _DPI = 110
 
@@ -36,13 +37,18 @@ def _new_figure(width: float = 5.2, height: float = 4.2):
     return fig
 
 
-def _finish(fig, path: str | os.PathLike | None) -> bytes:
+def save_png(fig, path: str | os.PathLike | None = None, *, dpi: float | None = None) -> bytes:
+    """Every figure of trustmed becomes PNG bytes here: laid out tightly, without the software
+    stamp (the same figure gives the same bytes), written atomically to ``path`` when given, and
+    released from pyplot."""
     buf = io.BytesIO()
     fig.tight_layout()
-    fig.savefig(buf, format="png", metadata={"Software": None})
+    fig.savefig(buf, format="png", dpi=dpi or fig.dpi, metadata={"Software": None})
     data = buf.getvalue()
     if path is not None:
         atomic_write_bytes(path, data)
+    if "matplotlib.pyplot" in sys.modules:  # a figure made with pyplot stays open until closed
+        sys.modules["matplotlib.pyplot"].close(fig)
     return data
 
 
@@ -77,7 +83,7 @@ def roc_curves_png(
         xlabel="false positive rate", ylabel="true positive rate", xlim=(0, 1), ylim=(0, 1.01), title=title
     )
     ax.legend(loc="lower right", fontsize=7)
-    return _finish(fig, path)
+    return save_png(fig, path)
 
 
 def calibration_png(
@@ -104,7 +110,7 @@ def calibration_png(
         xlabel="mean predicted score", ylabel="observed positive rate", xlim=(0, 1), ylim=(0, 1), title=title
     )
     ax.legend(loc="upper left", fontsize=7)
-    return _finish(fig, path)
+    return save_png(fig, path)
 
 
 def group_metrics_png(
@@ -138,4 +144,4 @@ def group_metrics_png(
     ax.set_xticks(x, list(metrics))
     ax.set(ylim=(0, 1.05), ylabel="value", title=title)
     ax.legend(fontsize=7, ncol=min(len(groups), 4), loc="upper center", bbox_to_anchor=(0.5, -0.1))
-    return _finish(fig, path)
+    return save_png(fig, path)
