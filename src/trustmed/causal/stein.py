@@ -300,14 +300,7 @@ def stein_score(x: Tensor, eta: float = 1e-3, *, bandwidth: Tensor | float | Non
 def stein_hessian_diag(x: Tensor, eta: float = 1e-3, *, bandwidth: Tensor | float | None = None) -> Tensor:
     """Stein estimate of the diagonal of the Hessian of ``log p`` at every sample.
 
-    Parameters
-    ----------
-    x : Tensor, shape ``(..., n, d)``
-        Samples; leading dimensions are independent batches.
-    eta : float
-        Ridge added to the kernel matrix.
-    bandwidth : optional
-        Kernel width ``s``; the median pairwise distance when omitted.
+    The parameters are those of :func:`stein_score`.
 
     Returns
     -------

@@ -21,24 +21,36 @@ from typing import Annotated
 
 import typer
 
-from trustmed.commands.common import (
-    ConfigOpt,
-    OutOpt,
-    QuietOpt,
-    SeedOpt,
-    SetOpt,
-    WaitOpt,
-    claim,
-    cli_command,
-    console,
-    load,
-)
+from trustmed.commands.common import config_command, console
 
 __all__ = ["audit_cmd", "register"]
 
 
-@cli_command
+_FLAGS = {
+    "predictions": "predictions",
+    "label_col": "label_col",
+    "score_col": "score_col",
+    "group_col": "group_cols",
+    "patient_col": "patient_col",
+    "n_boot": "n_boot",
+    "min_group_size": "min_group_size",
+    "threshold": "threshold",
+    "val_predictions": "val_predictions",
+    "val_split": "val_split",
+    "threshold_method": "threshold_method",
+    "target_specificity": "target_specificity",
+    "checkpoint": "checkpoint",
+    "dataset": "dataset",
+    "root": "root",
+    "split": "split",
+}
+
+
+@config_command("trustmed.audit:AuditConfig", out="runs/audit", flags=_FLAGS)
 def audit_cmd(
+    cfg,
+    out: Path,
+    quiet: bool,
     predictions: Annotated[Path | None, typer.Option(help="Predictions CSV (one row per image).")] = None,
     label_col: Annotated[str | None, typer.Option(help="Binary label column (0/1).")] = None,
     score_col: Annotated[str | None, typer.Option(help="Score column, in [0, 1].")] = None,
@@ -69,37 +81,10 @@ def audit_cmd(
     dataset: Annotated[str | None, typer.Option(help="Dataset name, with --checkpoint.")] = None,
     root: Annotated[Path | None, typer.Option(help="Dataset root folder, with --checkpoint.")] = None,
     split: Annotated[str | None, typer.Option(help="Split to audit, with --checkpoint.")] = None,
-    config: ConfigOpt = None,
-    set_: SetOpt = None,
-    out: OutOpt = Path("runs/audit"),
-    seed: SeedOpt = None,
-    quiet: QuietOpt = False,
-    wait: WaitOpt = False,
 ) -> None:
     """Audit a classifier's fairness: group metrics, gaps and bootstrap CIs."""
-    from trustmed.audit import AuditConfig, audit_pipeline
+    from trustmed.audit import audit_pipeline
 
-    claim(out, wait)
-
-    flags = {
-        "predictions": predictions,
-        "label_col": label_col,
-        "score_col": score_col,
-        "group_cols": group_col or None,
-        "patient_col": patient_col,
-        "n_boot": n_boot,
-        "min_group_size": min_group_size,
-        "threshold": threshold,
-        "val_predictions": val_predictions,
-        "val_split": val_split,
-        "threshold_method": threshold_method,
-        "target_specificity": target_specificity,
-        "checkpoint": checkpoint,
-        "dataset": dataset,
-        "root": root,
-        "split": split,
-    }
-    cfg = load(AuditConfig, config, set_, seed, flags=flags, flag_names={"group_cols": "--group-col"})
     result = audit_pipeline(cfg, out)
     con = console()
     if not con.is_terminal:

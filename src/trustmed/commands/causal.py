@@ -16,18 +16,7 @@ from typing import Annotated
 
 import typer
 
-from trustmed.commands.common import (
-    ConfigOpt,
-    OutOpt,
-    QuietOpt,
-    SeedOpt,
-    SetOpt,
-    WaitOpt,
-    claim,
-    cli_command,
-    console,
-    load,
-)
+from trustmed.commands.common import config_command, console
 
 __all__ = ["eval_cmd", "fit_cmd", "register", "synth_anm_cmd", "synth_pendulum_cmd"]
 
@@ -35,26 +24,17 @@ ModelOpt = Annotated[
     Path | None, typer.Option("--model", help="Model folder written by 'trustmed causal fit'.")
 ]
 DataOpt = Annotated[Path | None, typer.Option("--data", help="Data folder (x.npy, z.npy, adjacency.csv).")]
+PIPELINE = "trustmed.causal.pipeline"
 
 
-@cli_command
-def fit_cmd(
-    config: ConfigOpt = None,
-    set_: SetOpt = None,
-    out: OutOpt = Path("runs/causal"),
-    seed: SeedOpt = None,
-    quiet: QuietOpt = False,
-    wait: WaitOpt = False,
-):
+@config_command(f"{PIPELINE}:CausalFitConfig", out="runs/causal")
+def fit_cmd(cfg, out: Path, quiet: bool):
     """Train coVAE (or the VAE baseline with --set train.alpha=0) and score its latents on validation.
 
     Example: trustmed causal fit --set data.path=runs/anm --out runs/covae
     """
-    from trustmed.causal.pipeline import CausalFitConfig, run_fit
+    from trustmed.causal.pipeline import run_fit
 
-    claim(out, wait)
-
-    cfg = load(CausalFitConfig, config, set_, seed)
     fitted = run_fit(cfg, out)
     if not quiet:
         metrics = fitted.metrics or {}
@@ -62,70 +42,46 @@ def fit_cmd(
         console().print(f"coVAE fitted in {fitted.result.wall_time_s:.1f}s -> {out} {summary}")
 
 
-@cli_command
-def eval_cmd(
-    config: ConfigOpt = None,
-    set_: SetOpt = None,
-    out: OutOpt = Path("runs/causal-eval"),
-    model: ModelOpt = None,
-    data: DataOpt = None,
-    quiet: QuietOpt = False,
-    wait: WaitOpt = False,
-):
+@config_command(
+    f"{PIPELINE}:CausalEvalConfig",
+    out="runs/causal-eval",
+    flags={"model": "model", "data": "data"},
+    seed=False,
+)
+def eval_cmd(cfg, out: Path, quiet: bool, model: ModelOpt = None, data: DataOpt = None):
     """Score a fitted model's latents on a data folder against the true latents and DAG.
 
     Example: trustmed causal eval --model runs/covae --data runs/anm --out runs/covae_eval
     """
-    from trustmed.causal.pipeline import CausalEvalConfig, run_eval
+    from trustmed.causal.pipeline import run_eval
 
-    claim(out, wait)
-
-    cfg = load(CausalEvalConfig, config, set_, flags={"model": model, "data": data})
     metrics = run_eval(cfg, out)
     if not quiet:
         console().print({k: metrics[k] for k in ("mcc_pearson", "mcc_spearman", "r2", "order_divergence")})
 
 
-@cli_command
-def synth_anm_cmd(
-    config: ConfigOpt = None,
-    set_: SetOpt = None,
-    out: OutOpt = Path("data/latent_anm"),
-    seed: SeedOpt = None,
-    quiet: QuietOpt = False,
-    wait: WaitOpt = False,
-):
+@config_command(f"{PIPELINE}:SynthANMConfig", out="data/latent_anm")
+def synth_anm_cmd(cfg, out: Path, quiet: bool):
     """Write a latent additive-noise-model data folder (x.npy, z.npy, adjacency.csv, meta.json).
 
     Example: trustmed causal synth-anm --out runs/anm
     """
-    from trustmed.causal.pipeline import SynthANMConfig, run_synth_anm
+    from trustmed.causal.pipeline import run_synth_anm
 
-    claim(out, wait)
-
-    data = run_synth_anm(load(SynthANMConfig, config, set_, seed), out)
+    data = run_synth_anm(cfg, out)
     if not quiet:
         console().print(f"latent ANM: {data.x.shape[0]} samples, {int(data.adjacency.sum())} edges -> {out}")
 
 
-@cli_command
-def synth_pendulum_cmd(
-    config: ConfigOpt = None,
-    set_: SetOpt = None,
-    out: OutOpt = Path("data/pendulum"),
-    seed: SeedOpt = None,
-    quiet: QuietOpt = False,
-    wait: WaitOpt = False,
-):
+@config_command(f"{PIPELINE}:SynthPendulumConfig", out="data/pendulum")
+def synth_pendulum_cmd(cfg, out: Path, quiet: bool):
     """Write a Pendulum image data folder (x.npy images, z.npy latents, adjacency.csv, meta.json).
 
     Example: trustmed causal synth-pendulum --out runs/pendulum
     """
-    from trustmed.causal.pipeline import SynthPendulumConfig, run_synth_pendulum
+    from trustmed.causal.pipeline import run_synth_pendulum
 
-    claim(out, wait)
-
-    data = run_synth_pendulum(load(SynthPendulumConfig, config, set_, seed), out)
+    data = run_synth_pendulum(cfg, out)
     if not quiet:
         console().print(f"pendulum: {data.x.shape[0]} images of {data.x.shape[-1]}px -> {out}")
 

@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import functools
+import importlib
+import inspect
 import logging
 import signal
 import sys
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Annotated, Any, TypeVar
 
@@ -25,6 +27,7 @@ __all__ = [
     "WaitOpt",
     "claim",
     "cli_command",
+    "config_command",
     "console",
     "load",
 ]
@@ -80,6 +83,95 @@ def load(
 def claim(out: Path, wait: bool = False, kind: str = "dir"):
     """Check and lock ``--out`` for the rest of the command, before any work (see :mod:`trustmed.outdir`)."""
     return claim_output(out, wait=wait, kind=kind)
+
+
+ConfigSource = str | type | Callable[[dict[str, Any]], "str | type"]
+
+
+def _config_class(source: ConfigSource, given: dict[str, Any]) -> type:
+    """The config class: a class, ``"module:Class"`` (imported when the command runs, so that
+    ``trustmed --help`` stays light), or a function of the given flags that returns one of those."""
+    if callable(source) and not isinstance(source, type):
+        source = source(given)
+    if isinstance(source, str):
+        module, name = source.split(":")
+        source = getattr(importlib.import_module(module), name)
+    return source
+
+
+def config_command(
+    config: ConfigSource,
+    *,
+    out: str,
+    flags: Mapping[str, str] | None = None,
+    seed: bool = True,
+    sets: Callable[[list[str]], list[str]] | None = None,
+) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
+    """Make ``func(cfg, out, quiet, **own_options)`` a command whose settings are one config.
+
+    The decorated function declares only its own options. The command gets the shared ones
+    (``--config``, ``--set``, ``--out`` with default ``out``, ``--seed`` unless ``seed=False``,
+    ``--quiet``, ``--wait``); when it runs it claims ``--out`` before any work, loads the config
+    (the file, ``--set`` — passed through ``sets`` first when given —, ``--seed``, then the own
+    options named in ``flags``: option name → config key, ``None`` or an empty list meaning "not
+    given") and calls ``func`` with it; the other own options are passed on as they are.
+
+    >>> from trustmed.config import Config
+    >>> class Greeting(Config):
+    ...     name: str = "world"
+    ...     seed: int = 0
+    >>> @config_command(Greeting, out="runs/hello", flags={"name": "name"})
+    ... def hello(cfg, out, quiet, name: str | None = None):
+    ...     "Say hello."
+    >>> list(inspect.signature(hello).parameters)
+    ['name', 'config', 'set_', 'out', 'seed', 'quiet', 'wait']
+    """
+    flags = dict(flags or {})
+    names = {key: "--" + option.replace("_", "-") for option, key in flags.items()}
+    shared = [
+        inspect.Parameter("config", inspect.Parameter.KEYWORD_ONLY, default=None, annotation=ConfigOpt),
+        inspect.Parameter("set_", inspect.Parameter.KEYWORD_ONLY, default=None, annotation=SetOpt),
+        inspect.Parameter("out", inspect.Parameter.KEYWORD_ONLY, default=Path(out), annotation=OutOpt),
+        *(
+            [inspect.Parameter("seed", inspect.Parameter.KEYWORD_ONLY, default=None, annotation=SeedOpt)]
+            * seed
+        ),
+        inspect.Parameter("quiet", inspect.Parameter.KEYWORD_ONLY, default=False, annotation=QuietOpt),
+        inspect.Parameter("wait", inspect.Parameter.KEYWORD_ONLY, default=False, annotation=WaitOpt),
+    ]
+
+    def decorate(func: Callable[..., Any]) -> Callable[..., Any]:
+        own = list(inspect.signature(func, eval_str=True).parameters.values())[3:]
+
+        @functools.wraps(func)
+        def command(**kwargs: Any) -> Any:
+            out_dir = kwargs.pop("out")
+            claim(out_dir, kwargs.pop("wait"))
+            quiet = kwargs.pop("quiet")
+            config_file, overrides, seed_value = (
+                kwargs.pop("config"),
+                kwargs.pop("set_"),
+                kwargs.pop("seed", None),
+            )
+            given = {key: kwargs.pop(option) for option, key in flags.items()}
+            given = {key: value for key, value in given.items() if value is not None and value != []}
+            cfg = load(
+                _config_class(config, given),
+                config_file,
+                sets(list(overrides or [])) if sets else overrides,
+                seed_value,
+                flags=given,
+                flag_names=names,
+            )
+            return func(cfg, out_dir, quiet, **kwargs)
+
+        # typer reads this signature and these (evaluated) annotations, not the function's own
+        del command.__wrapped__
+        command.__signature__ = inspect.Signature([*own, *shared])
+        command.__annotations__ = {p.name: p.annotation for p in [*own, *shared]}
+        return cli_command(command)
+
+    return decorate
 
 
 class _StderrHandler(logging.StreamHandler):

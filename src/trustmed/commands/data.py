@@ -15,18 +15,7 @@ from typing import Annotated, Any
 
 import typer
 
-from trustmed.commands.common import (
-    ConfigOpt,
-    OutOpt,
-    QuietOpt,
-    SeedOpt,
-    SetOpt,
-    WaitOpt,
-    claim,
-    cli_command,
-    console,
-    load,
-)
+from trustmed.commands.common import config_command, console
 from trustmed.config import Config
 from trustmed.data.synth import GENERATORS, Generator
 
@@ -36,19 +25,9 @@ __all__ = ["CardConfig", "card_cmd", "data_app", "register", "synth_app", "synth
 def synth_command(name: str, generator: Generator) -> Callable[..., None]:
     """The ``trustmed data synth <name>`` command of one registered generator."""
 
-    def command(
-        config: ConfigOpt = None,
-        set_: SetOpt = None,
-        out: OutOpt = Path(generator.out),
-        seed: SeedOpt = None,
-        quiet: QuietOpt = False,
-        wait: WaitOpt = False,
-    ) -> None:
+    def command(cfg, out: Path, quiet: bool) -> None:
         from trustmed.outdir import staged_dir
 
-        claim(out, wait)
-
-        cfg = load(generator.knobs(), config, set_, seed)
         t0 = time.perf_counter()
         with staged_dir(out) as tmp:
             generator.run(tmp, **cfg.model_dump())
@@ -60,7 +39,7 @@ def synth_command(name: str, generator: Generator) -> Callable[..., None]:
 
     command.__name__ = f"synth_{name}_cmd"
     command.__doc__ = f"{generator.summary}\n\nExample: trustmed data synth {name} --out {generator.out}"
-    return cli_command(command)
+    return config_command(lambda given: generator.knobs(), out=generator.out)(command)
 
 
 def synth_group(generators: Mapping[str, Generator]) -> typer.Typer:
@@ -99,16 +78,15 @@ def _card_overrides(sets: list[str] | None) -> list[str]:
     ]
 
 
-@cli_command
+@config_command(
+    CardConfig, out="runs/card", flags={"dataset": "dataset", "root": "root"}, sets=_card_overrides
+)
 def card_cmd(
+    cfg,
+    out: Path,
+    quiet: bool,
     dataset: Annotated[str | None, typer.Argument(help="Dataset name (see trustmed.data.DATASETS).")] = None,
     root: Annotated[Path | None, typer.Option("--root", help="Dataset folder (the official files).")] = None,
-    config: ConfigOpt = None,
-    set_: SetOpt = None,
-    out: OutOpt = Path("runs/card"),
-    seed: SeedOpt = None,
-    quiet: QuietOpt = False,
-    wait: WaitOpt = False,
 ) -> None:
     """Dataset card (card.md, card.json, balance figure) from a dataset's CSVs alone; images not needed.
 
@@ -119,9 +97,6 @@ def card_cmd(
     from trustmed.data.card import dataset_card
     from trustmed.outdir import staged_dir
 
-    claim(out, wait)
-
-    cfg = load(CardConfig, config, _card_overrides(set_), seed, flags={"dataset": dataset, "root": root})
     with staged_dir(out) as tmp:
         card = dataset_card(
             cfg.dataset, cfg.root, tmp, options=cfg.options, attributes=cfg.attributes, seed=cfg.seed

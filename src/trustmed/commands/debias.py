@@ -13,18 +13,7 @@ import pandas as pd
 import typer
 from typer.core import TyperCommand
 
-from trustmed.commands.common import (
-    ConfigOpt,
-    OutOpt,
-    QuietOpt,
-    SeedOpt,
-    SetOpt,
-    WaitOpt,
-    claim,
-    cli_command,
-    console,
-    load,
-)
+from trustmed.commands.common import QuietOpt, WaitOpt, claim, cli_command, config_command, console
 
 __all__ = ["app", "apply_thresholds_cmd", "compare_cmd", "register", "run_cmd"]
 
@@ -56,7 +45,8 @@ DatasetOpt = Annotated[
     ),
 ]
 
-FLAG_NAMES = {"data.root": "--external", "data.dataset": "--dataset"}
+# options that set config keys: option → key
+_DATA_FLAGS = {"checkpoint": "checkpoint", "attribute": "attribute", "external": "data.root"}
 
 app = typer.Typer(
     no_args_is_help=True,
@@ -105,35 +95,27 @@ def _print_compare(table: pd.DataFrame, split: str) -> None:
 
 
 @app.command("run", cls=_RegistryHelp)
-@cli_command
+@config_command(
+    "trustmed.debias.run:DebiasRunConfig",
+    out="runs/debias",
+    flags={**_DATA_FLAGS, "method": "method", "dataset": "data.dataset"},
+)
 def run_cmd(
+    cfg,
+    out: Path,
+    quiet: bool,
     method: MethodOpt = None,
     checkpoint: CheckpointOpt = None,
     external: ExternalOpt = None,
     attribute: AttributeOpt = None,
     dataset: DatasetOpt = None,
-    config: ConfigOpt = None,
-    set_: SetOpt = None,
-    out: OutOpt = Path("runs/debias"),
-    seed: SeedOpt = None,
-    quiet: QuietOpt = False,
-    wait: WaitOpt = False,
 ) -> None:
     """Debias one trained classifier with one method: checkpoint, predictions, before/after audits.
 
     Example: trustmed debias run --method swift --checkpoint runs/train --external runs/synthskin --attribute skin_tone --out runs/swift
     """  # noqa: E501
-    from trustmed.debias.run import DebiasRunConfig, run_debias
+    from trustmed.debias.run import run_debias
 
-    claim(out, wait)
-    flags = {
-        "method": method,
-        "checkpoint": checkpoint,
-        "attribute": attribute,
-        "data.root": external,
-        "data.dataset": dataset,
-    }
-    cfg = load(DebiasRunConfig, config, set_, seed, flags=flags, flag_names=FLAG_NAMES)
     summary = run_debias(cfg, out)
     if not quiet:
         _print_run(summary)
@@ -141,27 +123,21 @@ def run_cmd(
 
 
 @app.command("compare")
-@cli_command
+@config_command("trustmed.debias.run:DebiasCompareConfig", out="runs/debias_compare", flags=_DATA_FLAGS)
 def compare_cmd(
+    cfg,
+    out: Path,
+    quiet: bool,
     checkpoint: CheckpointOpt = None,
     external: ExternalOpt = None,
     attribute: AttributeOpt = None,
-    config: ConfigOpt = None,
-    set_: SetOpt = None,
-    out: OutOpt = Path("runs/debias_compare"),
-    seed: SeedOpt = None,
-    quiet: QuietOpt = False,
-    wait: WaitOpt = False,
 ) -> None:
     """Run ERM and every method on one configuration; write comparison.csv/json and Pareto figures.
 
     Example: trustmed debias compare --checkpoint runs/train --external runs/synthskin --attribute skin_tone --set quick=true --out runs/compare
     """  # noqa: E501
-    from trustmed.debias.run import DebiasCompareConfig, run_compare
+    from trustmed.debias.run import run_compare
 
-    claim(out, wait)
-    flags = {"checkpoint": checkpoint, "attribute": attribute, "data.root": external}
-    cfg = load(DebiasCompareConfig, config, set_, seed, flags=flags, flag_names=FLAG_NAMES)
     result = run_compare(cfg, out)
     if not quiet and result.split is not None:
         _print_compare(result.table, result.split)

@@ -4,37 +4,16 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from trustmed.commands.common import (
-    ConfigOpt,
-    OutOpt,
-    QuietOpt,
-    SeedOpt,
-    SetOpt,
-    WaitOpt,
-    claim,
-    cli_command,
-    console,
-    load,
-)
+from trustmed.commands.common import config_command, console
 
 __all__ = ["register"]
 
 
-@cli_command
-def demo_cmd(
-    config: ConfigOpt = None,
-    set_: SetOpt = None,
-    out: OutOpt = Path("runs/demo"),
-    seed: SeedOpt = None,
-    quiet: QuietOpt = False,
-    wait: WaitOpt = False,
-) -> None:
+@config_command("trustmed.demo:DemoConfig", out="runs/demo")
+def demo_cmd(cfg, out: Path, quiet: bool) -> None:
     """Run every capability on built-in synthetic data and write a self-contained report.html."""
-    from trustmed.demo import DemoConfig, run_demo
+    from trustmed.demo import run_demo
 
-    claim(out, wait)
-
-    cfg = load(DemoConfig, config, set_, seed)
     result = run_demo(cfg, out)
     con = console()
     con.print(f"[bold]trustmed demo[/bold] finished in {result.timings['total']:.0f} s")

@@ -13,29 +13,24 @@ from typing import Annotated
 
 import typer
 
-from trustmed.commands.common import (
-    ConfigOpt,
-    OutOpt,
-    QuietOpt,
-    SeedOpt,
-    SetOpt,
-    WaitOpt,
-    claim,
-    cli_command,
-    console,
-    load,
-)
+from trustmed.commands.common import config_command, console
 
 __all__ = ["distill_cmd", "register"]
 
+_FLAGS = {
+    "method": "method",
+    "teacher": "teacher",
+    "student_arch": "student.arch",
+    "student_width": "student.width",
+    "resume": "train.resume",
+}
 
-@cli_command
+
+@config_command("trustmed.distill.run:DistillConfig", out="runs/distill", flags=_FLAGS)
 def distill_cmd(
-    config: ConfigOpt = None,
-    set_: SetOpt = None,
-    out: OutOpt = Path("runs/distill"),
-    seed: SeedOpt = None,
-    quiet: QuietOpt = False,
+    cfg,
+    out: Path,
+    quiet: bool,
     method: Annotated[
         str | None,
         typer.Option("--method", help="groupdistil | kd | groupdro | erm (erm/groupdro: no teacher)"),
@@ -43,8 +38,9 @@ def distill_cmd(
     teacher: Annotated[Path | None, typer.Option("--teacher", help="Teacher checkpoint folder.")] = None,
     student_arch: Annotated[str | None, typer.Option("--student-arch", help="Student architecture.")] = None,
     student_width: Annotated[int | None, typer.Option("--student-width", help="Student width.")] = None,
-    resume: Annotated[bool, typer.Option("--resume", help="Continue from OUT/checkpoints.")] = False,
-    wait: WaitOpt = False,
+    resume: Annotated[
+        bool | None, typer.Option("--resume/--no-resume", help="Continue from OUT/checkpoints.")
+    ] = None,
 ) -> None:
     """Group-robust knowledge distillation (GroupDistil) and baselines.
 
@@ -54,18 +50,8 @@ def distill_cmd(
 
     Example: trustmed distill --method groupdistil --teacher runs/teacher --out runs/student
     """
-    from trustmed.distill.run import DistillConfig, run_distill
+    from trustmed.distill.run import run_distill
 
-    claim(out, wait)
-
-    flags = {
-        "method": method,
-        "teacher": teacher,
-        "student.arch": student_arch,
-        "student.width": student_width,
-        "train.resume": resume or None,
-    }
-    cfg = load(DistillConfig, config, set_, seed, flags=flags)
     test = run_distill(cfg, out).metrics["test"]
     if not quiet:
         console().print(

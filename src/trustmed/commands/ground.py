@@ -13,18 +13,7 @@ from typing import Annotated
 
 import typer
 
-from trustmed.commands.common import (
-    ConfigOpt,
-    OutOpt,
-    QuietOpt,
-    SeedOpt,
-    SetOpt,
-    WaitOpt,
-    claim,
-    cli_command,
-    console,
-    load,
-)
+from trustmed.commands.common import config_command, console
 
 __all__ = ["run_cmd", "eval_cmd", "tune_cmd", "train_ldm_cmd", "register"]
 
@@ -38,57 +27,60 @@ PromptOpt = Annotated[
 ]
 
 
-@cli_command
+PIPELINE = "trustmed.grounding.pipeline"
+
+
+@config_command(
+    f"{PIPELINE}:GroundRunConfig",
+    out="runs/ground",
+    flags={"model": "model", "image": "image", "text": "text", "prompt_tuning": "prompt_tuning"},
+)
 def run_cmd(
-    config: ConfigOpt = None,
-    set_: SetOpt = None,
-    out: OutOpt = Path("runs/ground"),
-    seed: SeedOpt = None,
-    quiet: QuietOpt = False,
+    cfg,
+    out: Path,
+    quiet: bool,
     model: ModelOpt = None,
     image: Annotated[Path | None, typer.Option("--image", help="Image file (PNG/JPEG/DICOM).")] = None,
     text: Annotated[str | None, typer.Option("--text", help="The phrase to ground.")] = None,
     prompt_tuning: PromptOpt = None,
-    wait: WaitOpt = False,
 ):
     """Ground one phrase in one image: writes heatmap.npy (NaN outside the field of view) and overlay.png.
 
     Example: trustmed ground run --image runs/synthcxr/files/p10/p10000000/s50000000/synth000-000000.png --text "left pleural effusion" --out runs/ground
     """  # noqa: E501
-    from trustmed.grounding.pipeline import GroundRunConfig, ground_image
+    from trustmed.grounding.pipeline import ground_image
 
-    claim(out, wait)
-    flags = {"model": model, "image": image, "text": text, "prompt_tuning": prompt_tuning}
-    ground_image(load(GroundRunConfig, config, set_, seed, flags=flags), out)
+    ground_image(cfg, out)
     if not quiet:
         console().print(f"heatmap → {out / 'heatmap.npy'}, overlay → {out / 'overlay.png'}")
 
 
-@cli_command
+@config_command(
+    f"{PIPELINE}:GroundEvalConfig",
+    out="runs/ground_eval",
+    flags={
+        "model": "model",
+        "dataset": "data.dataset",
+        "root": "data.root",
+        "prompt_tuning": "prompt_tuning",
+    },
+)
 def eval_cmd(
-    config: ConfigOpt = None,
-    set_: SetOpt = None,
-    out: OutOpt = Path("runs/ground_eval"),
-    seed: SeedOpt = None,
-    quiet: QuietOpt = False,
+    cfg,
+    out: Path,
+    quiet: bool,
     model: ModelOpt = None,
     dataset: Annotated[str | None, typer.Option("--dataset", help="synthcxr, mscxr, vindr or nih.")] = None,
     root: Annotated[str | None, typer.Option("--root", help="Dataset folder.")] = None,
     prompt_tuning: PromptOpt = None,
-    wait: WaitOpt = False,
 ):
     """Score zero-shot or prompt-tuned grounding on a dataset: per-class CIs, metrics.json, cases figure.
 
     Example: trustmed ground eval --out runs/ground_eval
     """
-    from trustmed.grounding.pipeline import METRICS, GroundEvalConfig, evaluate_grounding
+    from trustmed.grounding.pipeline import METRICS, evaluate_grounding
 
-    claim(out, wait)
-    flags = {"model": model, "data.dataset": dataset, "data.root": root, "prompt_tuning": prompt_tuning}
-    names = {"data.dataset": "--dataset", "data.root": "--root"}
-    summary = evaluate_grounding(
-        load(GroundEvalConfig, config, set_, seed, flags=flags, flag_names=names), out
-    )
+    summary = evaluate_grounding(cfg, out)
     if not quiet:
         c = console()
         for metric in METRICS:
@@ -98,13 +90,20 @@ def eval_cmd(
             c.print(f"{metric}: {m['value']:.3f}{ci_text} (macro {summary['macro'][metric]['value']:.3f})")
 
 
-@cli_command
+def _tune_config(given: dict) -> str:
+    """``--lora`` starts from the LoRA recipe's config (whose defaults are that recipe)."""
+    return f"{PIPELINE}:{'LoraTuneConfig' if given.get('prompt.lora') else 'GroundTuneConfig'}"
+
+
+@config_command(
+    _tune_config,
+    out="runs/prompt",
+    flags={"model": "model", "root": "data.root", "anatomy": "data.anatomy", "lora": "prompt.lora"},
+)
 def tune_cmd(
-    config: ConfigOpt = None,
-    set_: SetOpt = None,
-    out: OutOpt = Path("runs/prompt"),
-    seed: SeedOpt = None,
-    quiet: QuietOpt = False,
+    cfg,
+    out: Path,
+    quiet: bool,
     model: ModelOpt = None,
     root: Annotated[str | None, typer.Option("--root", help="Training data folder.")] = None,
     anatomy: Annotated[
@@ -118,7 +117,6 @@ def tune_cmd(
             "lr 0.01, token noise 0.5, 12 epochs); the config file and --set still change any key.",
         ),
     ] = None,
-    wait: WaitOpt = False,
 ):
     """Learn an anatomy-grounded prompt (context vectors, optional LoRA) for a frozen LDM, without boxes.
 
@@ -126,13 +124,9 @@ def tune_cmd(
 
     Example: trustmed ground tune --out runs/prompt
     """
-    from trustmed.grounding.pipeline import GroundTuneConfig, LoraTuneConfig, tune_prompt
+    from trustmed.grounding.pipeline import tune_prompt
 
-    claim(out, wait)
-    flags = {"model": model, "data.root": root, "data.anatomy": anatomy, "prompt.lora": lora}
-    names = {"data.root": "--root", "data.anatomy": "--anatomy", "prompt.lora": "--lora"}
-    config_cls = LoraTuneConfig if lora else GroundTuneConfig
-    summary = tune_prompt(load(config_cls, config, set_, seed, flags=flags, flag_names=names), out)
+    summary = tune_prompt(cfg, out)
     if not quiet:
         c = console()
         counts = summary["counts"]
@@ -144,23 +138,15 @@ def tune_cmd(
         c.print(f"prompt → {out / 'prompt.safetensors'} ({summary['cpu_time_s'] / 60:.1f} CPU-minutes)")
 
 
-@cli_command
-def train_ldm_cmd(
-    config: ConfigOpt = None,
-    set_: SetOpt = None,
-    out: OutOpt = Path("runs/tiny_ldm"),
-    seed: SeedOpt = None,
-    quiet: QuietOpt = False,
-    wait: WaitOpt = False,
-):
+@config_command(f"{PIPELINE}:TrainLDMConfig", out="runs/tiny_ldm")
+def train_ldm_cmd(cfg, out: Path, quiet: bool):
     """Train the tiny text-conditioned LDM on SynthCXR (CPU); the model is written to OUT/model.
 
     Example: trustmed ground train-ldm --out runs/tiny_ldm
     """
-    from trustmed.grounding.pipeline import TrainLDMConfig, train_ldm
+    from trustmed.grounding.pipeline import train_ldm
 
-    claim(out, wait)
-    summary = train_ldm(load(TrainLDMConfig, config, set_, seed), out)
+    summary = train_ldm(cfg, out)
     if not quiet:
         console().print(f"model → {out / 'model'} ({summary['wall_time_s']:.0f} s)")
 

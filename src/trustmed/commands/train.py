@@ -11,18 +11,7 @@ from typing import Annotated
 
 import typer
 
-from trustmed.commands.common import (
-    ConfigOpt,
-    OutOpt,
-    QuietOpt,
-    SeedOpt,
-    SetOpt,
-    WaitOpt,
-    claim,
-    cli_command,
-    console,
-    load,
-)
+from trustmed.commands.common import config_command, console
 
 __all__ = ["register", "train_cmd"]
 
@@ -31,24 +20,14 @@ ResumeOpt = Annotated[
 ]
 
 
-@cli_command
-def train_cmd(
-    config: ConfigOpt = None,
-    set_: SetOpt = None,
-    out: OutOpt = Path("runs/train"),
-    seed: SeedOpt = None,
-    quiet: QuietOpt = False,
-    resume: ResumeOpt = False,
-    wait: WaitOpt = False,
-) -> None:
+@config_command("trustmed.train.classifier:TrainConfig", out="runs/train")
+def train_cmd(cfg, out: Path, quiet: bool, resume: ResumeOpt = False) -> None:
     """Train a binary image classifier (ERM) and write its checkpoint, predictions and history."""
-    from trustmed.outdir import staged_dir
-    from trustmed.train.classifier import TrainConfig, train_classifier
+    from trustmed.outdir import staged_dir, state_dir
+    from trustmed.train.classifier import train_classifier
 
-    run = claim(out, wait)
-    cfg = load(TrainConfig, config, set_, seed)
     with staged_dir(out) as tmp:
-        result = train_classifier(cfg, tmp, resume=resume, checkpoint_dir=run.state_dir("checkpoints"))
+        result = train_classifier(cfg, tmp, resume=resume, checkpoint_dir=state_dir(out, "checkpoints"))
     if quiet:
         return
     splits = ", ".join(f"predictions_{s}.csv" for s in result.predictions)

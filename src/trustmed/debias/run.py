@@ -163,6 +163,22 @@ def _read_data(cfg: _DebiasConfig, metadata: dict[str, Any]) -> tuple[pd.DataFra
     return load_dataset(name, root, **options), root
 
 
+def _read_sets(cfg, spec, metadata: dict[str, Any], *, splits: list[str], required: list[str]):
+    """The dataset's manifest, its root and the grouped sets of ``splits`` (``required`` must exist)."""
+    manifest, root = _read_data(cfg, metadata)
+    sets = load_grouped_sets(
+        manifest,
+        root,
+        attribute=cfg.attribute,
+        image_size=spec.image_size,
+        channels=spec.in_channels,
+        splits=splits,
+        required=required,
+        what=str(root),
+    )
+    return manifest, root, sets
+
+
 def _audit(table: pd.DataFrame, attribute: str, n_boot: int, seed: int) -> dict[str, Any]:
     from trustmed.metrics.fairness import fairness_report
 
@@ -207,18 +223,14 @@ def run_debias(cfg: DebiasRunConfig, out: Path) -> dict[str, Any]:
         epochs=cfg.epochs,
         train_config=train_config,
     )
-    manifest, root = _read_data(cfg, metadata)
     fit_split = "train" if method.fit_on == "train" else cfg.external_split
     wanted = [fit_split, "val" if method.fit_on == "train" else None, *cfg.eval_splits]
-    sets = load_grouped_sets(
-        manifest,
-        root,
-        attribute=cfg.attribute,
-        image_size=spec.image_size,
-        channels=spec.in_channels,
+    manifest, root, sets = _read_sets(
+        cfg,
+        spec,
+        metadata,
         splits=[s for s in wanted if s is not None],
         required=[fit_split] if fit_split is not None else [],
-        what=str(root),
     )
     fit_set = (
         sets[fit_split]
@@ -289,17 +301,13 @@ def compare_checkpoint(cfg: DebiasCompareConfig) -> Comparison:
     methods = list(cfg.methods) if cfg.methods is not None else [ERM, *method_names()]
     check_plan(methods, cfg.grids)
     model, spec, metadata = _load_model(cfg.checkpoint)
-    manifest, root = _read_data(cfg, metadata)
     fits_on_train = any(m != ERM and get_method(m).fit_on == "train" for m in methods)
-    sets = load_grouped_sets(
-        manifest,
-        root,
-        attribute=cfg.attribute,
-        image_size=spec.image_size,
-        channels=spec.in_channels,
+    _, _, sets = _read_sets(
+        cfg,
+        spec,
+        metadata,
         splits=[cfg.external_split, "val", *cfg.eval_splits, *(["train"] if fits_on_train else [])],
         required=[cfg.external_split, "val"],
-        what=str(root),
     )
     sets = {("external" if k == cfg.external_split else k): v for k, v in sets.items()}
     size = _external_size(cfg, metadata)

@@ -110,22 +110,16 @@ def encode_groups(
 
 
 def build_loss(
-    method: str,
-    n_groups: int,
-    *,
-    temperature: float = _LOSS.temperature,
-    alpha: float = _LOSS.alpha,
-    eta: float = _LOSS.eta,
-    adjustment: float = _LOSS.adjustment,
-    group_counts: Sequence[int] | None = None,
+    method: str, n_groups: int, loss: LossConfig = _LOSS, *, group_counts: Sequence[int] | None = None
 ) -> nn.Module | None:
-    """The loss module of a method (``None`` for ERM, which uses plain cross-entropy)."""
+    """The loss module of a method with the settings ``loss`` (``None`` for ERM: plain cross-entropy)."""
+    t, a, eta, adj = loss.temperature, loss.alpha, loss.eta, loss.adjustment
     if method == "groupdistil":
-        return GroupDistilLoss(n_groups, temperature, alpha, eta, adjustment, group_counts=group_counts)
+        return GroupDistilLoss(n_groups, t, a, eta, adj, group_counts=group_counts)
     if method == "kd":
-        return KDLoss(temperature, alpha)
+        return KDLoss(t, a)
     if method == "groupdro":
-        return GroupDROLoss(n_groups, eta, adjustment, group_counts=group_counts)
+        return GroupDROLoss(n_groups, eta, adj, group_counts=group_counts)
     if method == "erm":
         return None
     raise InputError(f"unknown method {method!r}; choose one of {', '.join(METHODS)}")
@@ -260,15 +254,10 @@ class GroupDistiller:
             raise InputError(f"method {self.method!r} needs a teacher checkpoint")
         if self.select not in ("acc_wg", "acc_avg"):
             raise InputError(f"select must be 'acc_wg' or 'acc_avg', got {self.select!r}")
-        loss = build_loss(
-            self.method,
-            self.n_groups,
-            temperature=self.temperature,
-            alpha=self.alpha,
-            eta=self.eta,
-            adjustment=self.adjustment,
-            group_counts=self.group_counts,
+        settings = LossConfig(
+            temperature=self.temperature, alpha=self.alpha, eta=self.eta, adjustment=self.adjustment
         )
+        loss = build_loss(self.method, self.n_groups, settings, group_counts=self.group_counts)
         accelerator = accelerator or make_accelerator()
         table = None
         if teacher is not None:
