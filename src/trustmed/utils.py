@@ -1,8 +1,21 @@
-"""Small shared helpers: seeding and device-independent determinism."""
+"""Small shared helpers: seeding, and importing what a registry names as ``"module:name"``."""
 
 from __future__ import annotations
 
-__all__ = ["seed_everything"]
+import importlib
+from typing import Any
+
+__all__ = ["import_object", "seed_everything"]
+
+
+def import_object(target: str) -> Any:
+    """The object a registry entry names as ``"package.module:name"``, imported when first needed.
+
+    >>> import_object("trustmed.errors:InputError").__name__
+    'InputError'
+    """
+    module, name = target.split(":")
+    return getattr(importlib.import_module(module), name)
 
 
 def seed_everything(seed: int) -> None:

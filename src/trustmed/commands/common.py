@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import functools
-import importlib
 import inspect
 import logging
 import signal
@@ -94,8 +93,9 @@ def _config_class(source: ConfigSource, given: dict[str, Any]) -> type:
     if callable(source) and not isinstance(source, type):
         source = source(given)
     if isinstance(source, str):
-        module, name = source.split(":")
-        source = getattr(importlib.import_module(module), name)
+        from trustmed.utils import import_object
+
+        source = import_object(source)
     return source
 
 

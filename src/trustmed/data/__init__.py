@@ -20,7 +20,6 @@ True
 
 from __future__ import annotations
 
-import importlib
 import inspect
 from collections.abc import Callable
 from pathlib import Path
@@ -91,8 +90,9 @@ def dataset_names(kind: str | None = None) -> list[str]:
 
 def dataset_loader(name: str) -> Callable[..., pd.DataFrame]:
     """The loader function registered under ``name``."""
-    module, func = _entry(name).loader.split(":")
-    return getattr(importlib.import_module(module), func)
+    from trustmed.utils import import_object
+
+    return import_object(_entry(name).loader)
 
 
 def load_dataset(name: str, root: str | Path, **options: Any) -> pd.DataFrame:

@@ -14,7 +14,6 @@ The knobs are validated before anything is written; the same knobs and seed give
 
 from __future__ import annotations
 
-import importlib
 import inspect
 import typing
 from pathlib import Path
@@ -24,13 +23,9 @@ from pydantic import ValidationError, create_model
 
 from trustmed.config import Config, explain_error
 from trustmed.errors import InputError
+from trustmed.utils import import_object
 
 __all__ = ["GENERATORS", "Generator", "generate"]
-
-
-def _resolve(target: str) -> Any:
-    module, name = target.split(":")
-    return getattr(importlib.import_module(module), name)
 
 
 class Generator(NamedTuple):
@@ -43,12 +38,12 @@ class Generator(NamedTuple):
 
     def writer(self) -> Any:
         """The writing function."""
-        return _resolve(self.write)
+        return import_object(self.write)
 
     def knobs(self) -> type[Config]:
         """The config class of the knobs (``seed`` included), with their defaults."""
         if self.config is not None:
-            return _resolve(self.config)
+            return import_object(self.config)
         write = self.writer()
         hints = typing.get_type_hints(write)
         fields = {
