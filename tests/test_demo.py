@@ -65,3 +65,37 @@ def test_grounding_section_shows_prompt_tuning_reading_the_location(tmp_path):
     # the kl context vectors sharpen the ranking and read the side; LoRA (soft-IoU loss) lifts mIoU
     assert ctx.auroc > zero.auroc + 0.03 and ctx.laterality > zero.laterality
     assert lora.miou > 1.3 * zero.miou and lora.laterality > zero.laterality
+
+
+def test_debias_section_marks_flagged_results(tmp_path, monkeypatch):
+    import numpy as np
+
+    import trustmed.debias.demo as demo
+    from trustmed.debias.selection import Comparison, MethodResult
+    from trustmed.debias.tables import COST_KEYS
+    from trustmed.metrics.fairness import fairness_report
+
+    rng = np.random.default_rng(0)
+    y = rng.integers(0, 2, 200)
+    groups = rng.choice(["light", "dark"], 200)
+    healthy = np.clip(0.4 * y + 0.6 * rng.random(200), 0, 1)
+
+    def result(name, scores):
+        res = MethodResult(name, {}, False, True, [], dict.fromkeys(COST_KEYS, 0), 0.0, 0.5)
+        report = fairness_report(y, scores, groups=groups, n_boot=0, attribute="skin_tone")
+        res.metrics = {"test": {"0.5": report, "tuned": report}}
+        return res
+
+    comparison = Comparison(
+        "skin_tone",
+        {"erm": result("erm", healthy), "swift": result("swift", np.full(200, 0.2))},
+        {"auc": 0.8, "balanced_accuracy": 0.7},
+        {"select_gap": "eodds_mean_gap", "eval_splits": ["test"], "sizes": {"external": 24}},
+    )
+    monkeypatch.setattr(demo, "_prepare", lambda out, *a: (out / "erm", out / "data"))
+    monkeypatch.setattr(demo, "compare_checkpoint", lambda cfg: comparison)
+    body = demo.demo_section(tmp_path, seed=0, quick=True).body
+    reason = "constant predictions (all negative, balanced accuracy 0.500)"
+    assert "0.000 [nan, nan] ⚠ constant" in body and f"⚠ swift: {reason}" in body
+    assert f"(flagged: {reason}, so this gap is no evidence of fairness)" in body
+    assert "⚠ erm" not in body

@@ -34,7 +34,7 @@ from pydantic import Field
 from trustmed.config import Config, NBoot
 from trustmed.errors import InputError
 from trustmed.io import atomic_write_bytes, atomic_write_text, read_csv, write_json
-from trustmed.metrics.fairness import GAP_METRICS, choose_threshold, fairness_report
+from trustmed.metrics.fairness import GAP_METRICS, UNKNOWN, choose_threshold, fairness_report
 from trustmed.report import Section, figure_to_html, table_to_html
 from trustmed.report.figures import calibration_png, group_metrics_png, roc_curves_png
 
@@ -94,27 +94,45 @@ class AuditResult:
 
     def group_table(self) -> pd.DataFrame:
         """One row per group plus ``overall``: counts and the key metrics as ``value [lo, hi]``; a group
-        below ``min_group_size`` is named ``<group> (small)``."""
+        below ``min_group_size`` is named ``<group> (small)``, a group left out of the gaps (an
+        unknown attribute) ``<group> (excluded)``."""
         rows = []
         blocks = {**self.metrics["groups"], "overall": self.metrics["overall"]}
         for name, block in blocks.items():
-            shown = f"{name} (small)" if block.get("small") else name
+            marks = [
+                m
+                for m, on in (("small", block.get("small")), ("excluded", block.get("excluded_from_gaps")))
+                if on
+            ]
+            shown = f"{name} ({', '.join(marks)})" if marks else name
             row = {"group": shown, "n": block["n"], "n_pos": block["n_pos"]}
             row.update({key: self.format_entry(block[key]) for key in KEY_METRICS})
             rows.append(row)
         return pd.DataFrame(rows)
 
     def gap_table(self) -> pd.DataFrame:
-        """One row per gap / worst-group value with its CI and direction."""
+        """One row per gap / worst-group value with its CI and direction; the values of degenerate
+        predictions (:meth:`degenerate_warning`) are marked ``⚠``."""
+        mark = " ⚠" if self.degenerate_warning() else ""
         return pd.DataFrame(
             [
                 {
                     "metric": key,
-                    "value [95% CI]": self.format_entry(self.metrics["gaps"][key]),
+                    "value [95% CI]": self.format_entry(self.metrics["gaps"][key]) + mark,
                     "direction": _DIRECTION[key],
                 }
                 for key in GAP_METRICS
             ]
+        )
+
+    def degenerate_warning(self) -> str | None:
+        """One line when the audited predictions are constant or no better than chance, else ``None``."""
+        degenerate = self.metrics.get("degenerate")
+        if not degenerate:
+            return None
+        return (
+            f"{degenerate['reason']} at threshold {self.metrics['threshold']:.3g}: every gap of such "
+            "predictions is (near) 0 without saying anything about fairness"
         )
 
     def _ci_words(self) -> str:
@@ -148,9 +166,11 @@ class AuditResult:
     def markdown(self) -> str:
         """The human-readable ``audit.md``."""
         m = self.metrics
+        degenerate = self.degenerate_warning()
         lines = [
             f"# {self.title}",
             "",
+            *([f"> **Warning:** {degenerate}", ""] if degenerate else []),
             f"- attribute: `{m['attribute']}` ({len(m['groups'])} groups, {m['overall']['n']} predictions, "
             f"{m['overall']['n_pos']} positives)",
             f"- threshold: {m['threshold']:.6g} ({self.threshold_source}); thresholded metrics use "
@@ -169,7 +189,9 @@ class AuditResult:
             _markdown_table(self.gap_table()),
             "",
             "A gap is max − min over the groups where the metric is defined (fairlearn's "
-            "`between_groups` difference); MEDFAIR reports 1 − gap.",
+            "`between_groups` difference); MEDFAIR reports 1 − gap. A group marked `(excluded)` has an "
+            "unknown attribute: it is reported above but left out of the gaps and worst-group values"
+            + (" (here counted: include_unknown)." if m.get("include_unknown") else "."),
             "",
             "## Notes",
             "",
@@ -196,7 +218,9 @@ class AuditResult:
             f"0 would mean every group gets the same error rates. Intervals: {self._ci_words()}.</p>"
         )
         notes = "".join(f"<li>{html.escape(w)}</li>" for w in m["warnings"])
-        body = [summary, table_to_html(self.group_table()), table_to_html(self.gap_table())]
+        degenerate = self.degenerate_warning()
+        body = [f'<p class="note"><b>Warning:</b> {html.escape(degenerate)}</p>'] if degenerate else []
+        body += [summary, table_to_html(self.group_table()), table_to_html(self.gap_table())]
         if notes:
             body.append(f'<div class="note"><ul>{notes}</ul></div>')
         body += [figure_to_html(png, _FIGURES[key][1]) for key, png in self.figures.items()]
@@ -281,6 +305,7 @@ def run_audit(
     figures: bool = True,
     source: str = "predictions",
     min_group_size: int = 30,
+    include_unknown: bool = False,
 ) -> AuditResult:
     """Audit a predictions table: every fairness metric with bootstrap CIs, figures and a summary.
 
@@ -314,6 +339,11 @@ def run_audit(
     min_group_size
         Groups with fewer predictions are flagged as small (``"small": true`` in metrics.json,
         ``(small)`` in the tables, one warning); their CIs are still computed.
+    include_unknown
+        Rows whose attribute is ``"unknown"`` or missing (read as ``"unknown"``, with a warning
+        giving the count) are their own group, reported (``"excluded_from_gaps": true``,
+        ``(excluded)`` in the tables) but left out of the gaps and worst-group values; ``True``
+        counts them like any other group.
 
     Returns
     -------
@@ -335,15 +365,15 @@ def run_audit(
     y = _labels(predictions, label_col, source)
     s = _scores(predictions, score_col, source)
     groups = predictions[group_cols].reset_index(drop=True)
-    for col in group_cols:
-        if groups[col].isna().any():
+    if len(group_cols) == 1:
+        col = group_cols[0]
+        values = groups[col].astype(object).where(groups[col].notna(), UNKNOWN)
+        counted = values if include_unknown else values[values.astype(str) != UNKNOWN]
+        if counted.nunique() < 2:
+            only = counted.iloc[0] if len(counted) else values.iloc[0]
+            besides = "" if include_unknown or len(counted) == len(values) else f" besides '{UNKNOWN}'"
             raise InputError(
-                f"{source}: group column '{col}' has {int(groups[col].isna().sum())} missing value(s); "
-                "drop or fill them"
-            )
-        if groups[col].nunique() < 2 and len(group_cols) == 1:
-            raise InputError(
-                f"{source}: group column '{col}' has one group only ('{groups[col].iloc[0]}'); "
+                f"{source}: group column '{col}' has one group only ('{only}'){besides}; "
                 "a fairness audit needs at least 2"
             )
 
@@ -381,6 +411,7 @@ def run_audit(
             n_boot=n_boot,
             seed=seed,
             min_group_size=min_group_size,
+            include_unknown=include_unknown,
         )
     except InputError as exc:
         raise InputError(f"{source}: {exc}") from None
@@ -405,7 +436,8 @@ def run_audit(
 
 
 def _group_names(metrics: dict[str, Any], groups: pd.DataFrame) -> np.ndarray:
-    """The report's group name of each row (``value`` or ``attr=value&…``)."""
+    """The report's group name of each row (``value`` or ``attr=value&…``; missing is ``unknown``)."""
+    groups = groups.astype(object).where(groups.notna(), UNKNOWN)
     if groups.shape[1] == 1:
         return groups.iloc[:, 0].astype(str).to_numpy()
     parts = [f"{col}=" + groups[col].astype(str) for col in groups.columns]
@@ -432,9 +464,11 @@ class AuditConfig(Config):
     checkpoint: Path | None = None
     dataset: str | None = None
     root: Path | None = None
+    options: dict[str, Any] = {}
     split: str = "test"
     title: str = "Fairness audit"
     min_group_size: int = Field(30, ge=1)
+    include_unknown: bool = False
     seed: int = 0
 
 
@@ -442,8 +476,30 @@ def _predictions_from_checkpoint(cfg: AuditConfig, split: str) -> pd.DataFrame:
     from trustmed.train.classifier import predictions_for_checkpoint
 
     if cfg.dataset is None or cfg.root is None:
-        raise InputError("--checkpoint needs --dataset NAME and --root DIR")
-    return predictions_for_checkpoint(cfg.checkpoint, dataset=cfg.dataset, root=cfg.root, split=split)
+        raise InputError(
+            "--checkpoint needs --dataset NAME and --root DIR "
+            "(a trustmed checkpoint defaults to the data it was trained on)"
+        )
+    return predictions_for_checkpoint(
+        cfg.checkpoint, dataset=cfg.dataset, root=cfg.root, split=split, options=cfg.options or None
+    )
+
+
+def _checkpoint_defaults(cfg: AuditConfig) -> AuditConfig:
+    """``dataset``, ``root`` and ``group_cols`` not given default to the checkpoint's training data
+    and its first recorded attribute."""
+    from trustmed.io import read_json
+
+    meta_file = Path(cfg.checkpoint) / "model.json"
+    if not meta_file.is_file():
+        return cfg
+    data = (read_json(meta_file, what="model.json").get("metadata") or {}).get("config", {}).get("data", {})
+    update: dict[str, Any] = {}
+    if cfg.dataset is None and cfg.root is None and data.get("dataset") and data.get("root"):
+        update.update(dataset=data["dataset"], root=Path(data["root"]))
+    if not cfg.group_cols and data.get("attributes"):
+        update["group_cols"] = list(data["attributes"])[:1]
+    return cfg.model_copy(update=update) if update else cfg
 
 
 def _resolve(cfg: AuditConfig) -> tuple[pd.DataFrame, pd.DataFrame | None, str]:
@@ -471,6 +527,8 @@ def audit_pipeline(cfg: AuditConfig, out: str | os.PathLike) -> AuditResult:
     into ``out``, all or nothing."""
     from trustmed.outdir import staged_dir
 
+    if cfg.checkpoint is not None and cfg.predictions is None:
+        cfg = _checkpoint_defaults(cfg)
     table, val, source = _resolve(cfg)
     with staged_dir(out) as tmp:
         result = run_audit(
@@ -486,6 +544,7 @@ def audit_pipeline(cfg: AuditConfig, out: str | os.PathLike) -> AuditResult:
             target_specificity=cfg.target_specificity,
             seed=cfg.seed,
             min_group_size=cfg.min_group_size,
+            include_unknown=cfg.include_unknown,
             out_dir=tmp,
             title=cfg.title,
             source=source,

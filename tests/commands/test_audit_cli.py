@@ -56,11 +56,14 @@ def test_audit_writes_metrics_markdown_and_figures(tmp_path, csv):
         "threshold",
         "n_boot",
         "min_group_size",
+        "include_unknown",
         "overall",
         "groups",
         "gaps",
+        "degenerate",
         "warnings",
     }
+    assert metrics["degenerate"] is None and "warning:" not in result.stdout
     assert metrics["attribute"] == "tone" and metrics["n_boot"] == 200 and metrics["threshold"] == 0.5
     assert set(metrics["groups"]) == {"light", "medium", "dark"}
     assert len(metrics["gaps"]["eodds_max_gap"]["ci"]) == 2
@@ -141,6 +144,14 @@ def _bad_cases(tmp_path, csv):
         ["--predictions", write("one", df.assign(tone="light")), *common],
         ["one group only", "'tone'"],
     )
+    cases["one known group"] = (
+        [
+            "--predictions",
+            write("one_known", df.assign(tone=np.where(df.index < 10, None, "light"))),
+            *common,
+        ],
+        ["one group only ('light') besides 'unknown'"],
+    )
     cases["empty file"] = (["--predictions", write("empty", text=""), *common], ["file is empty"])
     cases["header only"] = (["--predictions", write("header", text="y,p,tone\n"), *common], ["no rows"])
     cases["missing file"] = (["--predictions", tmp_path / "nope.csv", *common], ["not found", "nope.csv"])
@@ -208,7 +219,7 @@ def test_checkpoint_mode_calls_predictions_for_checkpoint(tmp_path, monkeypatch)
 
     calls = []
 
-    def fake(checkpoint_dir, *, dataset, root, split):
+    def fake(checkpoint_dir, *, dataset, root, split, options=None):
         calls.append((str(checkpoint_dir), dataset, str(root), split))
         frame = _predictions(seed=0 if split == "test" else 1).rename(columns={"y": "label", "p": "score"})
         return frame.assign(split=split)
@@ -225,3 +236,72 @@ def test_checkpoint_mode_calls_predictions_for_checkpoint(tmp_path, monkeypatch)
     assert "validation predictions" in (out / "audit.md").read_text()
     missing = _audit("--checkpoint", tmp_path / "ckpt", "--group-col", "tone", "--out", tmp_path / "o2")
     assert missing.exit_code == 2 and "--dataset" in missing.stderr and not (tmp_path / "o2").exists()
+
+
+def _with_unknown(n: int = 300, seed: int = 0) -> pd.DataFrame:
+    """Known tones of similar quality, and rows of unknown tone (some missing) the model gets wrong."""
+    df = _predictions(n, seed)
+    rng = np.random.default_rng(seed + 10)
+    unknown = rng.random(n) < 0.2
+    df["tone"] = df["tone"].where(~unknown, "unknown").astype(object)
+    df.loc[unknown & (rng.random(n) < 0.5), "tone"] = None  # half of them missing: read as unknown
+    df.loc[unknown, "p"] = np.clip(0.9 - 0.7 * df.loc[unknown, "y"], 0, 1)  # the worst group
+    return df
+
+
+def test_unknown_rows_are_their_own_excluded_row_unless_include_unknown(tmp_path):
+    df = _with_unknown()
+    csv = tmp_path / "preds.csv"
+    df.to_csv(csv, index=False)
+    common = [
+        "--predictions",
+        csv,
+        "--label-col",
+        "y",
+        "--score-col",
+        "p",
+        "--group-col",
+        "tone",
+        "--n-boot",
+        "0",
+    ]
+    result = _audit(*common, "--out", tmp_path / "default")
+    assert result.exit_code == 0, result.output
+    n_missing = int(df["tone"].isna().sum())
+    assert f"{n_missing} missing value(s) read as 'unknown'" in result.stdout
+    assert "unknown (excluded)" in result.stdout
+    metrics = json.loads((tmp_path / "default" / "metrics.json").read_text())
+    assert metrics["groups"]["unknown"]["excluded_from_gaps"] is True
+    assert metrics["groups"]["unknown"]["n"] == int((df["tone"].isna() | (df["tone"] == "unknown")).sum())
+    assert "| unknown (excluded) |" in (tmp_path / "default" / "audit.md").read_text()
+    known = df[df["tone"].notna() & (df["tone"] != "unknown")]
+    known_csv = tmp_path / "known.csv"
+    known.to_csv(known_csv, index=False)
+    assert _audit(*common[:1], known_csv, *common[2:], "--out", tmp_path / "known", "-q").exit_code == 0
+    only_known = json.loads((tmp_path / "known" / "metrics.json").read_text())
+    assert metrics["gaps"] == only_known["gaps"]
+    # --include-unknown: the unknown group counts, and it is the worst
+    result = _audit(*common, "--include-unknown", "--out", tmp_path / "counted", "-q")
+    assert result.exit_code == 0, result.output
+    counted = json.loads((tmp_path / "counted" / "metrics.json").read_text())
+    assert counted["include_unknown"] is True and counted["groups"]["unknown"]["excluded_from_gaps"] is False
+    assert counted["gaps"]["worst_group_auc"]["value"] == counted["groups"]["unknown"]["auc"]["value"]
+    assert counted["gaps"]["auc_gap"]["value"] > metrics["gaps"]["auc_gap"]["value"] + 0.3
+
+
+def test_constant_predictions_get_a_warning_line_everywhere(tmp_path, csv):
+    df = _predictions().assign(p=0.1)
+    constant = tmp_path / "constant.csv"
+    df.to_csv(constant, index=False)
+    out = tmp_path / "out"
+    result = _audit(
+        "--predictions", constant, "--label-col", "y", "--score-col", "p", "--group-col", "tone",
+        "--n-boot", "0", "--out", out,
+    )  # fmt: skip
+    assert result.exit_code == 0, result.output
+    reason = "constant predictions (all negative, balanced accuracy 0.500)"
+    assert f"warning: {reason}" in result.stdout
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert metrics["degenerate"]["reason"] == reason and metrics["degenerate"]["selection_rate"] == 0.0
+    text = (out / "audit.md").read_text()
+    assert f"> **Warning:** {reason}" in text and "0.000 ⚠" in text

@@ -250,7 +250,8 @@ def test_example_configs_load():
     assert len(examples) == 5
     for path in examples:
         cfg = load_config(DebiasCompareConfig, path)
-        assert cfg.attribute and cfg.data.root is not None
+        # the data is the checkpoint's unless the example names it
+        assert cfg.attribute and (cfg.data.root is not None or cfg.checkpoint is not None)
         check_plan(cfg.methods or [], cfg.grids)  # every method and grid parameter is a registered one
 
 
@@ -272,16 +273,29 @@ def test_unknown_method_parameter_is_named_with_the_valid_ones(workspace, tmp_pa
     )
 
 
-def test_rows_with_unknown_attribute_are_left_out_of_every_output(workspace, tmp_path):
-    root, data, ckpt = workspace
+def _manifest_with_unknown(data, tmp_path):
+    """The workspace's data as a manifest CSV with some rows of unknown tone (one of them missing)
+    in the external and test splits."""
     from trustmed.data import load_dataset
 
     manifest = load_dataset("fitzpatrick17k", data)
     manifest["path"] = [str(data / p) for p in manifest["path"]]
     test_rows = manifest.index[manifest["split"] == "test"]
+    external_rows = manifest.index[manifest["split"] == "external"]
     manifest.loc[test_rows[:5], "skin_tone"] = "unknown"
+    manifest.loc[external_rows[:6], "skin_tone"] = "unknown"
+    manifest.loc[test_rows[5], "skin_tone"] = None
     csv = tmp_path / "manifest.csv"
     manifest.to_csv(csv, index=False)
+    return csv, len(test_rows), len(external_rows)
+
+
+def test_rows_with_unknown_attribute_are_reported_as_an_excluded_group(workspace, tmp_path):
+    from trustmed.audit import read_predictions, run_audit
+    from trustmed.io import write_json
+
+    root, data, ckpt = workspace
+    csv, n_test, n_external = _manifest_with_unknown(data, tmp_path)
     out = tmp_path / "out"
     args = [
         "debias",
@@ -295,13 +309,74 @@ def test_rows_with_unknown_attribute_are_left_out_of_every_output(workspace, tmp
     ]
     result = runner.invoke(app, [*args, "--out", str(out), *FAST])
     assert result.exit_code == 0, result.output
+    summary = json.loads((out / "debias.json").read_text())
+    assert summary["n_fit"] == n_external - 6 and summary["include_unknown"] is False  # fitted on known rows
+    assert summary["notes"] == [
+        "test: 6 rows of unknown skin_tone scored by the unchanged model's decision at 0.5 "
+        "(the method has no rule for an unknown group)"
+    ]
     before = pd.read_csv(out / "predictions_before_test.csv")
     after = pd.read_csv(out / "predictions_test.csv")
-    assert len(before) == len(after) == len(test_rows) - 5
+    assert len(before) == len(after) == n_test  # every row is predicted and audited
     assert before["sample_id"].tolist() == after["sample_id"].tolist()
-    assert "unknown" not in set(after["skin_tone"])
-    metrics = json.loads((out / "audit_before/test/metrics.json").read_text())
-    assert sum(g["n"] for g in metrics["groups"].values()) == len(test_rows) - 5
+    for when, table in (("before", "predictions_before_test.csv"), ("after", "predictions_test.csv")):
+        metrics = json.loads((out / f"audit_{when}/test/metrics.json").read_text())
+        assert metrics["groups"]["unknown"]["n"] == 6 and metrics["groups"]["unknown"]["excluded_from_gaps"]
+        # the same predictions audited by `trustmed audit` give the same report
+        audited = run_audit(
+            read_predictions(out / table),
+            group_cols=["skin_tone"],
+            patient_col="patient_id",
+            threshold=0.5,
+            n_boot=200,
+            figures=False,
+        ).metrics
+        # compared as written (NaN is null in JSON)
+        audited = json.loads(write_json(tmp_path / f"audited_{when}.json", audited).read_text())
+        assert metrics["gaps"] == audited["gaps"] and metrics["groups"] == audited["groups"], when
+    # --include-unknown: fitted on every external row, the unknown group counts in the gaps
+    counted = tmp_path / "counted"
+    result = runner.invoke(app, [*args, "--include-unknown", "--out", str(counted), *FAST])
+    assert result.exit_code == 0, result.output
+    summary = json.loads((counted / "debias.json").read_text())
+    assert summary["n_fit"] == n_external and summary["notes"] == [] and summary["include_unknown"] is True
+    metrics = json.loads((counted / "audit_before/test/metrics.json").read_text())
+    assert metrics["groups"]["unknown"]["excluded_from_gaps"] is False
+
+
+def _constant_checkpoint(root, data):
+    """A checkpoint whose every score is sigmoid(-5): a constant classifier."""
+    spec = ModelSpec(arch="tiny_cnn", image_size=16, width=4)
+    model = build_model(spec)
+    with torch.no_grad():
+        model.head.weight.zero_()
+        model.head.bias.fill_(-5.0)
+    config = {"data": {"dataset": "fitzpatrick17k", "root": str(data)}, "optim": {"epochs": 1}}
+    return save_checkpoint(model, spec, root / "constant", config=config)
+
+
+def test_constant_predictions_are_flagged_in_the_tables_and_json(workspace, tmp_path):
+    root, data, _ = workspace
+    ckpt = _constant_checkpoint(tmp_path, data)
+    reason = "constant predictions (all negative, balanced accuracy 0.500)"
+    base = ["--checkpoint", str(ckpt), "--external", str(data), "--set", "epochs=1", "--set", "n_boot=200"]
+    compare = ["debias", "compare", *base, "--set", "methods=[erm,fairprune]", "--set", "eval_splits=[test]"]
+    result = runner.invoke(app, [*compare, "--set", "quick=true", "--out", str(tmp_path / "compare")])
+    assert result.exit_code == 0, result.output
+    assert "0.000 ⚠ constant" in result.stdout and f"⚠ erm: {reason}" in result.stdout
+    summary = json.loads((tmp_path / "compare" / "summary.json").read_text())
+    assert summary["flags"]["erm"]["test"]["0.5"] == reason
+    assert summary["flags"]["erm"]["test"]["tuned"].startswith("constant predictions")
+    table = pd.read_csv(tmp_path / "compare" / "comparison.csv")
+    assert (table["flag"].str.contains("constant")).all()
+    run = ["debias", "run", "--method", "fairprune", *base, "--out", str(tmp_path / "run")]
+    result = runner.invoke(app, run)
+    assert result.exit_code == 0, result.output
+    assert "0.000 ⚠" in result.stdout and f"⚠ test after (constant): {reason}" in result.stdout
+    summary = json.loads((tmp_path / "run" / "debias.json").read_text())
+    assert summary["flags"]["test"] == {"before": reason, "after": reason}
+    after = json.loads((tmp_path / "run" / "audit_after/test/metrics.json").read_text())
+    assert after["degenerate"]["reason"] == reason
 
 
 def test_external_fraction_of_the_recorded_training_set(workspace, tmp_path):

@@ -143,3 +143,57 @@ def test_student_that_does_not_build(dataset, tmp_path):
     _assert_clean_failure(result, out, "student config does not build")
     result = runner.invoke(app, _args(dataset, out, "--method", "kd"))
     _assert_clean_failure(result, out, "needs --teacher")
+
+
+@pytest.fixture(scope="module")
+def synthskin_teacher(tmp_path_factory):
+    """SynthSkin with some skin types made unknown (−1), and a teacher trained on it by ``trustmed train``."""
+    from trustmed.data.synth.skin import generate_synthskin
+
+    root = tmp_path_factory.mktemp("synthskin")
+    sizes = {"n_train": 64, "n_val": 32, "n_external": 8, "n_test": 32, "n_ood": 8}
+    generate_synthskin(root, seed=0, image_size=16, train_dark_malignant_ratio=1.0, **sizes)
+    table = pd.read_csv(root / "fitzpatrick17k.csv")
+    split = table["md5hash"].map(pd.read_csv(root / "synthskin_meta.csv").set_index("md5hash")["split"])
+    unknown = np.arange(len(table)) % 8 == 5
+    table.loc[unknown, "fitzpatrick_scale"] = -1
+    table.to_csv(root / "fitzpatrick17k.csv", index=False)
+    teacher = tmp_path_factory.mktemp("synthskin_teacher")
+    sets = {"data.dataset": "synthskin", "data.root": root, "data.image_size": 16, "data.augment": "false",
+            "data.batch_size": 16, "data.attributes": "[skin_tone]", "model.width": 4,
+            "optim.epochs": 1}  # fmt: skip
+    sets = [a for k, v in sets.items() for a in ("--set", f"{k}={v}")]
+    result = runner.invoke(app, ["train", "--out", str(teacher), "--quiet", *sets])
+    assert result.exit_code == 0, result.output
+    return teacher, split[unknown].value_counts().to_dict()
+
+
+def _dataset_args(teacher, out, *extra):
+    return ["distill", "--out", str(out), "--quiet", "--teacher", str(teacher), "--student-width", "4",
+            "--set", "data.format=dataset", "--set", "train.epochs=1", "--set", "n_boot=200",
+            "--set", "data.batch_size=16", *extra]  # fmt: skip
+
+
+def test_distil_on_the_teachers_dataset_with_groups_from_attributes(synthskin_teacher, tmp_path):
+    teacher, unknown = synthskin_teacher
+    out = tmp_path / "student"
+    result = runner.invoke(app, _dataset_args(teacher, out, "--set", "data.group_by=[skin_tone,label]"))
+    assert result.exit_code == 0, result.output
+    assert "rows with a missing or unknown skin_tone left out of the groups" in result.output
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert metrics["groups"] == ["dark|0", "dark|1", "light|0", "light|1"]
+    assert metrics["data"]["dataset"] == "synthskin"
+    assert metrics["data"]["excluded_unknown"] == {s: unknown.get(s, 0) for s in ("train", "val", "test")}
+    assert metrics["data"]["unused_splits"] == {"external": 8, "ood": 8}
+    predictions = pd.read_csv(out / "predictions.csv")
+    assert len(predictions) == 64 - unknown.get("val", 0) - unknown.get("test", 0)
+    assert set(predictions["skin_tone"]) == {"light", "dark"}
+    assert json.loads((out / "model.json").read_text())["spec"]["image_size"] == 16  # the teacher's
+
+
+def test_group_by_a_missing_column_is_one_error(synthskin_teacher, tmp_path):
+    teacher, _ = synthskin_teacher
+    out = tmp_path / "out"
+    result = runner.invoke(app, _dataset_args(teacher, out, "--set", "data.group_by=[race,label]"))
+    _assert_clean_failure(result, out, "'race' not in dataset 'synthskin'")
+    assert "columns: sample_id, path, label, split, patient_id" in result.output

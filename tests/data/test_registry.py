@@ -3,16 +3,38 @@
 from __future__ import annotations
 
 import inspect
+import sys
+from pathlib import Path
 
 import pandas as pd
 import pytest
 
-from trustmed.data import DATASETS, KINDS, dataset_kind, dataset_loader, dataset_names, load_dataset
+from trustmed.data import (
+    DATASETS,
+    KINDS,
+    Dataset,
+    dataset_defaults,
+    dataset_kind,
+    dataset_loader,
+    dataset_names,
+    load_dataset,
+)
+from trustmed.data.manifest import attribute_columns
 from trustmed.data.mscxr import GROUNDING_COLUMNS
 from trustmed.data.synth import GENERATORS, Generator, generate
 from trustmed.data.synth.cxr import make_synthcxr, make_synthcxr_vindr
 from trustmed.data.synth.digits import make_colored_digits
+from trustmed.data.synth.skin import generate_synthskin
 from trustmed.errors import InputError
+from trustmed.models.classifier import ARCHITECTURES
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
+from tests.fixtures.real_formats import (  # noqa: E402
+    make_chexpert,
+    make_fitzpatrick17k,
+    make_isic2020,
+    make_mimic_cxr,
+)
 
 
 def test_every_entry_resolves_to_a_loader_of_a_known_kind():
@@ -73,3 +95,94 @@ def test_a_writer_signature_is_its_config(tmp_path):
     assert entry.knobs()().model_dump() == {"seed": 0, "rows": 3, "label": "x"}
     entry.run(tmp_path / "t", rows=2, seed=4)
     assert pd.read_csv(tmp_path / "t" / "tally.csv").to_dict("list") == {"label": ["x", "x"], "seed": [4, 4]}
+
+
+def _write_manifest(root):
+    root.mkdir(parents=True, exist_ok=True)
+    pd.DataFrame(
+        {
+            "sample_id": ["a", "b"],
+            "path": ["a.png", "b.png"],
+            "label": [0, 1],
+            "split": ["train", "test"],
+            "patient_id": ["p1", "p2"],
+            "race": ["white", "black"],
+            "age": [30, 70],
+            "site": ["torso", "head"],
+        }
+    ).to_csv(root / "manifest.csv", index=False)
+    return root
+
+
+def _write_nih(root):
+    sys.path.insert(0, str(Path(__file__).resolve().parent))
+    from test_nih import _write
+
+    root.mkdir(parents=True, exist_ok=True)
+    _write(root)
+    return root
+
+
+def _write_isic2019(root):
+    sys.path.insert(0, str(Path(__file__).resolve().parent))
+    from test_isic import write_isic2019
+
+    root.mkdir(parents=True, exist_ok=True)
+    write_isic2019(root, images=False)
+    return root
+
+
+WRITERS = {
+    "manifest": _write_manifest,
+    "chexpert": lambda root: make_chexpert(root, n_patients=24, demographics=False),
+    "mimic_cxr": lambda root: make_mimic_cxr(root, n_subjects=16),
+    "nih": _write_nih,
+    "isic2019": _write_isic2019,
+    "isic2020": lambda root: make_isic2020(root, n_patients=40),
+    "fitzpatrick17k": lambda root: make_fitzpatrick17k(root, n_images=60),
+    "synthskin": lambda root: generate_synthskin(
+        root, image_size=16, n_train=40, n_val=8, n_external=8, n_test=8, n_ood=8
+    ),
+}
+
+
+def test_every_classification_dataset_has_defaults_its_loader_fulfils(tmp_path):
+    assert set(WRITERS) == set(dataset_names("classification"))
+    for name, write in WRITERS.items():
+        defaults = dataset_defaults(name)
+        assert defaults["arch"] in ARCHITECTURES, name
+        assert defaults["channels"] in (1, 3) and defaults["image_size"] >= 8, name
+        df = load_dataset(name, write(tmp_path / name))
+        attributes = defaults.get("attributes", attribute_columns(df))
+        assert attributes, name
+        for attribute in attributes:
+            assert attribute in df.columns, (name, attribute)
+            unknown = df[attribute].astype(str).isin(["unknown", "-1", "nan"])
+            assert not unknown.all(), (name, attribute)  # the loader fills it, not only with unknown
+    assert "attributes" not in dataset_defaults("manifest")
+    assert attribute_columns(load_dataset("manifest", tmp_path / "manifest")) == ["age_bin", "race"]
+
+
+def test_defaults_per_modality_and_copies():
+    chest = [dataset_defaults(n) for n in ("chexpert", "mimic_cxr", "nih")]
+    assert {(d["image_size"], d["channels"], d["arch"]) for d in chest} == {(224, 1, "densenet121")}
+    skin = [dataset_defaults(n) for n in ("fitzpatrick17k", "isic2019", "isic2020")]
+    assert {(d["image_size"], d["channels"], d["arch"]) for d in skin} == {(224, 3, "resnet18")}
+    assert (
+        dataset_defaults("synthskin")["image_size"] == 32
+        and dataset_defaults("synthskin")["arch"] == "tiny_cnn"
+    )
+    assert dataset_defaults("fitzpatrick17k")["attributes"] == ["skin_tone", "fitzpatrick"]
+    assert "race" not in dataset_defaults("chexpert")["attributes"]  # only with the demographics file
+    mine = dataset_defaults("chexpert")
+    mine["attributes"].append("race")
+    mine["arch"] = "tiny_cnn"
+    assert dataset_defaults("chexpert") == {
+        "attributes": ["sex", "age_bin"],
+        "image_size": 224,
+        "channels": 1,
+        "arch": "densenet121",
+    }
+    assert dataset_defaults("waterbirds") == {} and Dataset("group", "m:f").defaults == {}
+    with pytest.raises(InputError, match="unknown dataset 'chexpret'"):
+        dataset_defaults("chexpret")

@@ -5,7 +5,14 @@ import pandas as pd
 import pytest
 import torch
 
-from trustmed.debias.data import GroupedSet, known_attribute_rows, load_grouped_sets, predict_proba
+from trustmed.debias.data import (
+    GroupedSet,
+    attribute_rows,
+    known_attribute_rows,
+    known_only,
+    load_grouped_sets,
+    predict_proba,
+)
 from trustmed.errors import InputError
 from trustmed.models import ModelSpec, build_model
 
@@ -50,6 +57,27 @@ def test_splits_share_the_group_order_and_lose_unknown_rows(tmp_path, caplog):
             required=["train"],
             what="toy",
         )
+
+
+def test_evaluated_splits_keep_unknown_rows_as_their_own_last_group(tmp_path, caplog):
+    manifest = _manifest(tmp_path)
+    manifest.loc[0, "skin_tone"] = None  # an external row; a missing value reads as unknown
+    sets = load_grouped_sets(
+        manifest, tmp_path, attribute="skin_tone", image_size=8, splits=["external", "val"], keep_unknown=True
+    )
+    assert len(sets["external"]) == len(sets["val"]) == 8
+    assert sets["external"].group_names == ("dark", "light", "unknown")  # unknown after the known groups
+    assert sets["val"].groups.tolist().count("unknown") == 1  # row 1 ("unknown")
+    assert sets["external"].groups[0] == "unknown" and sets["external"].groups.tolist().count("unknown") == 1
+    fit = known_only(sets["external"], "external")
+    assert len(fit) == 7 and fit.group_names == ("dark", "light") and "unknown" not in fit.groups
+    assert "external: 1 rows with unknown skin_tone left out of fitting" in caplog.text
+    assert known_only(fit) is fit  # nothing unknown: the same set
+    rows = attribute_rows(manifest, "skin_tone", keep_unknown=True)
+    assert rows["skin_tone"].tolist().count("unknown") == 3 and len(rows) == len(manifest)
+    all_unknown = GroupedSet(torch.zeros(2, 3, 2, 2), [0, 1], ["unknown", "unknown"], attribute="tone")
+    with pytest.raises(InputError, match="no rows with a known 'tone'"):
+        known_only(all_unknown)
 
 
 def test_a_missing_attribute_column_or_no_known_row_is_an_error():

@@ -133,5 +133,5 @@ def test_bad_external_sets_are_rejected():
     with pytest.raises(InputError, match="bias_loss"):
         SWiFT(bias_loss="nope").fit(_model(), data)
     multi = build_model(ModelSpec(arch="tiny_cnn", image_size=8, width=4, n_outputs=3))
-    with pytest.raises(InputError, match="binary"):
+    with pytest.raises(InputError, match="3 outputs; choose one with output_index"):
         SWiFT().fit(multi, data)

@@ -57,3 +57,28 @@ def test_the_same_config_gives_the_same_numbers_whatever_ran_before(data):
     again = train_and_score(cfg, prepared)
     assert again.distiller.history_ == first.distiller.history_
     assert again.metrics["test"] == first.metrics["test"]
+
+
+def test_the_student_can_be_a_user_module_started_from_pretrained_weights(tmp_path):
+    from types import SimpleNamespace
+
+    import torch
+    from safetensors.torch import save_file
+
+    from trustmed.distill.run import DistillConfig, _build_student
+    from trustmed.errors import InputError
+    from trustmed.models import ModelSpec, build_model
+
+    data = SimpleNamespace(n_classes=2, image_size=8, channels=3)
+    pretrained = build_model(ModelSpec(arch="tiny_cnn", width=4, n_outputs=2, image_size=8))
+    save_file({k: v.contiguous() for k, v in pretrained.state_dict().items()}, tmp_path / "start.safetensors")
+    cfg = DistillConfig(
+        student={"arch": "tiny_cnn", "width": 4, "init_weights": str(tmp_path / "start.safetensors")}
+    )
+    student, spec = _build_student(cfg, data)
+    assert spec.init_weights is not None
+    for key, value in pretrained.state_dict().items():
+        assert torch.equal(student.state_dict()[key], value), key
+    user = DistillConfig(student={"factory": "torch.nn:Sequential", "head": "fc"})
+    with pytest.raises(InputError, match="no layer 'fc'"):
+        _build_student(user, data)

@@ -11,7 +11,9 @@ or from a trained checkpoint and a dataset (the predictions are computed first):
         --group-col skin_tone --out runs/audit
 
 Writes ``metrics.json``, ``audit.md``, ``figures/*.png`` (and ``predictions.csv`` in checkpoint
-mode) into ``--out``, all or nothing.
+mode) into ``--out``, all or nothing. Rows whose attribute is ``unknown`` or missing are reported as
+their own group and left out of the gaps unless ``--include-unknown``; constant (or chance-level)
+predictions get a warning line.
 """
 
 from __future__ import annotations
@@ -34,6 +36,7 @@ _FLAGS = {
     "patient_col": "patient_col",
     "n_boot": "n_boot",
     "min_group_size": "min_group_size",
+    "include_unknown": "include_unknown",
     "threshold": "threshold",
     "val_predictions": "val_predictions",
     "val_split": "val_split",
@@ -66,6 +69,14 @@ def audit_cmd(
     min_group_size: Annotated[
         int | None, typer.Option(help="Flag groups with fewer predictions as small (default 30).")
     ] = None,
+    include_unknown: Annotated[
+        bool | None,
+        typer.Option(
+            "--include-unknown/--exclude-unknown",
+            help="Count rows whose attribute is 'unknown' or missing in the gaps (default: reported as "
+            "their own group, left out of the gaps).",
+        ),
+    ] = None,
     threshold: Annotated[float | None, typer.Option(help="Fixed decision threshold (default 0.5).")] = None,
     val_predictions: Annotated[
         Path | None, typer.Option(help="Validation predictions CSV on which to choose the threshold.")
@@ -77,9 +88,21 @@ def audit_cmd(
     target_specificity: Annotated[
         float | None, typer.Option(help="Target specificity for --threshold-method specificity.")
     ] = None,
-    checkpoint: Annotated[Path | None, typer.Option(help="Checkpoint folder (model.safetensors).")] = None,
-    dataset: Annotated[str | None, typer.Option(help="Dataset name, with --checkpoint.")] = None,
-    root: Annotated[Path | None, typer.Option(help="Dataset root folder, with --checkpoint.")] = None,
+    checkpoint: Annotated[
+        Path | None,
+        typer.Option(
+            help="Checkpoint folder (model.safetensors), or a model spec file (.yaml) of your own model."
+        ),
+    ] = None,
+    dataset: Annotated[
+        str | None,
+        typer.Option(
+            help="Dataset name, with --checkpoint (default: the data a trustmed checkpoint was trained on)."
+        ),
+    ] = None,
+    root: Annotated[
+        Path | None, typer.Option(help="Dataset root folder, with --checkpoint (default: as --dataset).")
+    ] = None,
     split: Annotated[str | None, typer.Option(help="Split to audit, with --checkpoint.")] = None,
 ) -> None:
     """Audit a classifier's fairness: group metrics, gaps and bootstrap CIs."""
@@ -89,11 +112,15 @@ def audit_cmd(
     con = console()
     if not con.is_terminal:
         con.width = max(con.width, 150)  # a log file or pipe: keep each table row on one line
+    degenerate = result.degenerate_warning()
     if not quiet:
         for rich_table in result.rich_tables():
             con.print(rich_table)
         for warning in result.metrics["warnings"]:
-            con.print(f"[yellow]note:[/yellow] {warning}")
+            if not (degenerate and warning.startswith(result.metrics["degenerate"]["reason"])):
+                con.print(f"[yellow]note:[/yellow] {warning}")
+    if degenerate:
+        con.print(f"[bold red]warning:[/bold red] {degenerate}")
     con.print(f"wrote {out / 'metrics.json'}, {out / 'audit.md'} and {out / 'figures'}/")
 
 

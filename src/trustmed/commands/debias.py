@@ -1,7 +1,9 @@
 """``trustmed debias run | compare | apply-thresholds``: post-hoc debiasing of a trained classifier.
 
 Each command parses its options, calls one function of :mod:`trustmed.debias.run` and prints. The
-methods ``--method`` accepts are those of :mod:`trustmed.debias.registry`.
+methods ``--method`` accepts are those of :mod:`trustmed.debias.registry`. A flagged result (a
+setting that failed the validation guard, constant or chance-level predictions) is marked ``⚠`` in
+the printed tables, with its reason below them.
 """
 
 from __future__ import annotations
@@ -38,6 +40,14 @@ ExternalOpt = Annotated[
     Path | None, typer.Option("--external", help="Dataset root (or manifest CSV) holding the external split.")
 ]
 AttributeOpt = Annotated[str | None, typer.Option("--attribute", "-a", help="Sensitive attribute column.")]
+IncludeUnknownOpt = Annotated[
+    bool | None,
+    typer.Option(
+        "--include-unknown/--exclude-unknown",
+        help="Fit on rows whose attribute is 'unknown' or missing and count them in the gaps (default: "
+        "not fitted on, reported as their own group, left out of the gaps).",
+    ),
+]
 DatasetOpt = Annotated[
     str | None,
     typer.Option(
@@ -46,7 +56,12 @@ DatasetOpt = Annotated[
 ]
 
 # options that set config keys: option → key
-_DATA_FLAGS = {"checkpoint": "checkpoint", "attribute": "attribute", "external": "data.root"}
+_DATA_FLAGS = {
+    "checkpoint": "checkpoint",
+    "attribute": "attribute",
+    "external": "data.root",
+    "include_unknown": "include_unknown",
+}
 
 app = typer.Typer(
     no_args_is_help=True,
@@ -61,37 +76,59 @@ def _print_run(summary: dict[str, Any]) -> None:
     from rich.table import Table
 
     from trustmed.debias.run import SUMMARY_KEYS
+    from trustmed.debias.tables import FLAG_MARK, flag_label
 
+    flags = summary.get("flags", {})
     table = Table(title=f"{summary['method']} on {summary['attribute']} (threshold 0.5)")
     table.add_column("split")
     table.add_column("when")
     for key in SUMMARY_KEYS:
         table.add_column(key, justify="right")
+    footnotes = []
     for split, by_when in summary["splits"].items():
         for when, values in by_when.items():
-            table.add_row(split, when, *(f"{values.get(k, float('nan')):.3f}" for k in SUMMARY_KEYS))
+            reason = flags.get(split, {}).get(when)
+            cells = [f"{values.get(k, float('nan')):.3f}" for k in SUMMARY_KEYS]
+            if reason:  # the gaps marked, the reason below the table
+                cells = [
+                    f"{c} {FLAG_MARK}" if k.endswith("_gap") else c
+                    for k, c in zip(SUMMARY_KEYS, cells, strict=True)
+                ]
+                footnotes.append(f"{FLAG_MARK} {split} {when} ({flag_label(reason)}): {reason}")
+            table.add_row(split, when, *cells)
     console().print(table)
+    for line in [*footnotes, *summary.get("notes", [])]:
+        console().print(line)
 
 
 def _print_compare(table: pd.DataFrame, split: str) -> None:
     from rich.table import Table
 
+    from trustmed.debias.tables import FLAG_MARK
+
     rows = table[(table["split"] == split) & (table["threshold"] == "0.5")]
     out = Table(title=f"debiasing methods on {split} (threshold 0.5; 95% CIs)")
     for col in ("method", "AUC", "eodds_mean_gap", "worst_group_auc", "wall s"):
         out.add_column(col, justify="left" if col == "method" else "right")
+    footnotes = []
     for _, r in rows.iterrows():
-        flag = " *" if r["needs_attribute_at_prediction"] else ""
+        flag = r["flag"] if isinstance(r.get("flag"), str) else ""
+        mark = f" {FLAG_MARK} {flag}" if flag else ""
+        if flag:
+            footnotes.append(f"{FLAG_MARK} {r['method']}: {r['flag_reason']}")
+        star = " *" if r["needs_attribute_at_prediction"] else ""
         out.add_row(
-            f"{r['method']}{flag}",
-            f"{r['auc']:.3f} [{r['auc_lo']:.3f}, {r['auc_hi']:.3f}]",
-            f"{r['eodds_mean_gap']:.3f} [{r['eodds_mean_gap_lo']:.3f}, {r['eodds_mean_gap_hi']:.3f}]",
+            f"{r['method']}{star}{f' {FLAG_MARK}' if flag else ''}",
+            f"{r['auc']:.3f}\n[{r['auc_lo']:.3f}, {r['auc_hi']:.3f}]",  # value above its CI: narrow columns
+            f"{r['eodds_mean_gap']:.3f}{mark}\n[{r['eodds_mean_gap_lo']:.3f}, {r['eodds_mean_gap_hi']:.3f}]",
             f"{r['worst_group_auc']:.3f}",
             f"{r['wall_time_s']:.1f}",
         )
     console().print(out)
     if rows["needs_attribute_at_prediction"].any():
         console().print("* needs the sensitive attribute at prediction time")
+    for line in footnotes:
+        console().print(line)
 
 
 @app.command("run", cls=_RegistryHelp)
@@ -109,6 +146,7 @@ def run_cmd(
     external: ExternalOpt = None,
     attribute: AttributeOpt = None,
     dataset: DatasetOpt = None,
+    include_unknown: IncludeUnknownOpt = None,
 ) -> None:
     """Debias one trained classifier with one method: checkpoint, predictions, before/after audits.
 
@@ -123,7 +161,11 @@ def run_cmd(
 
 
 @app.command("compare")
-@config_command("trustmed.debias.run:DebiasCompareConfig", out="runs/debias_compare", flags=_DATA_FLAGS)
+@config_command(
+    "trustmed.debias.run:DebiasCompareConfig",
+    out="runs/debias_compare",
+    flags={**_DATA_FLAGS, "quick": "quick"},
+)
 def compare_cmd(
     cfg,
     out: Path,
@@ -131,10 +173,15 @@ def compare_cmd(
     checkpoint: CheckpointOpt = None,
     external: ExternalOpt = None,
     attribute: AttributeOpt = None,
+    include_unknown: IncludeUnknownOpt = None,
+    quick: Annotated[
+        bool | None,
+        typer.Option("--quick/--full", help="The registered quick grids (a config's own grids still win)."),
+    ] = None,
 ) -> None:
     """Run ERM and every method on one configuration; write comparison.csv/json and Pareto figures.
 
-    Example: trustmed debias compare --checkpoint runs/train --external runs/synthskin --attribute skin_tone --set quick=true --out runs/compare
+    Example: trustmed debias compare --checkpoint runs/train --external runs/synthskin --attribute skin_tone --quick --out runs/compare
     """  # noqa: E501
     from trustmed.debias.run import run_compare
 

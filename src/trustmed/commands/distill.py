@@ -46,7 +46,9 @@ def distill_cmd(
 
     Trains a student with GroupDistil, vanilla KD, Group DRO or ERM and keeps the epoch with the best
     validation worst-group accuracy. --method erm or groupdro need no teacher, so the same command
-    trains the teacher (give it a larger --student-width).
+    trains the teacher (give it a larger --student-width). With --set data.format=dataset the data is
+    the registered dataset that a teacher from trustmed train was trained on, its groups formed from
+    the columns in data.group_by (default: the first attribute and the label, e.g. female|1).
 
     Example: trustmed distill --method groupdistil --teacher runs/teacher --out runs/student
     """

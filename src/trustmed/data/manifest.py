@@ -18,6 +18,12 @@ al., "MEDFAIR: Benchmarking Fairness for Medical Imaging", ICLR 2023, arXiv 2210
 binned into four fixed bins, ``<40``, ``40-59``, ``60-74``, ``75+`` (a missing age is ``unknown``),
 so that every dataset's ``age_bin`` means the same thing.
 
+:data:`ATTRIBUTE_COLUMNS` lists the sensitive attributes the manifest knows by name;
+:func:`attribute_columns` picks those a table has (the attributes of a user's own manifest).
+
+Datasets without an external split get one carved from ``train`` by :func:`ensure_external`;
+:func:`split_table` and :func:`apply_split_table` save and re-apply the split a run used.
+
 Users with their own data write a plain manifest CSV (the columns above) and load it with
 :func:`read_manifest` or ``load_dataset("manifest", path)``.
 
@@ -43,12 +49,17 @@ from trustmed.io import read_csv
 
 __all__ = [
     "AGE_BINS",
+    "ATTRIBUTE_COLUMNS",
     "MANIFEST_COLUMNS",
     "SPLITS",
     "age_bins",
+    "apply_split_table",
+    "attribute_columns",
     "check_images",
+    "ensure_external",
     "read_manifest",
     "skin_tone_from_fitzpatrick",
+    "split_table",
     "stratified_split",
     "validate_manifest",
 ]
@@ -58,6 +69,8 @@ log = logging.getLogger(__name__)
 MANIFEST_COLUMNS: tuple[str, ...] = ("sample_id", "path", "label", "split", "patient_id")
 SPLITS: tuple[str, ...] = ("train", "val", "external", "test", "ood")
 AGE_BINS: tuple[str, ...] = ("<40", "40-59", "60-74", "75+")
+ATTRIBUTE_COLUMNS: tuple[str, ...] = ("skin_tone", "fitzpatrick", "sex", "age_bin", "race", "ethnicity")
+"""Sensitive-attribute columns known by name, in the order :func:`attribute_columns` returns them."""
 _AGE_EDGES = (-np.inf, 40, 60, 75, np.inf)
 
 
@@ -223,3 +236,193 @@ def stratified_split(
                 assignment[pid] = name
             start += count
     return df[group].map(assignment).rename("split")
+
+
+def attribute_columns(manifest: pd.DataFrame) -> list[str]:
+    """The :data:`ATTRIBUTE_COLUMNS` that ``manifest`` has (and that are not entirely blank), in
+    that order: the attributes to audit when a dataset names none (a user's own manifest).
+
+    >>> df = pd.DataFrame({"sample_id": ["a"], "race": ["white"], "sex": ["female"], "site": ["torso"]})
+    >>> attribute_columns(df)
+    ['sex', 'race']
+    """
+    return [c for c in ATTRIBUTE_COLUMNS if c in manifest.columns and manifest[c].notna().any()]
+
+
+def _patient_strata(rows: pd.DataFrame, columns: Sequence[str]) -> pd.Series:
+    # One value per patient: the label is the patient's highest label (a patient with any positive
+    # image is a positive patient); other columns take the patient's first row.
+    grouped = rows.groupby("patient_id", sort=True)
+    parts = [
+        grouped["label"].max().astype(str) if c == "label" else grouped[c].first().astype(str)
+        for c in columns
+    ]
+    key = parts[0]
+    for part in parts[1:]:
+        key = key + "|" + part
+    return key
+
+
+def _merge_rare(strata: pd.Series, labels: pd.Series) -> pd.Series:
+    # A stratum of one patient cannot be split: it joins its label's stratum, and if that is
+    # still alone, the largest stratum.
+    strata = strata.copy()
+    rare = strata.map(strata.value_counts()) < 2
+    strata[rare] = "label " + labels[rare]
+    rare = strata.map(strata.value_counts()) < 2
+    strata[rare] = strata.value_counts().index[0]
+    return strata
+
+
+def ensure_external(
+    manifest: pd.DataFrame,
+    *,
+    fraction: float = 0.05,
+    seed: int = 0,
+    source: str = "train",
+    what: str = "dataset",
+    stratify: Sequence[str] = ("label",),
+) -> pd.DataFrame:
+    """The manifest with an ``external`` split: unchanged if it has one, else carved from ``source``.
+
+    ``round(fraction × patients of source)`` patients (at least one) move, with all their
+    ``source`` rows, to a new ``external`` split. Only patients whose rows are all in ``source``
+    are drawn, so the external set never shares a patient with ``val``, ``test`` or any other
+    split. The draw is made over patients (one entry each) with scikit-learn's
+    ``train_test_split(..., stratify=...)``: that gives the exact number of patients, seeded, with
+    the strata's proportions kept — ``StratifiedGroupKFold`` only makes folds of size 1/k and
+    ``GroupShuffleSplit`` does not stratify. Strata are the patient's label (its highest) and the
+    first row's value of any other ``stratify`` column (a stratum of one patient joins its label's
+    stratum); where there are more strata than patients to draw, the label alone is used, and
+    where even that cannot be, a plain seeded draw.
+
+    ``fraction`` must be in (0, 0.5]. A missing ``source`` split, too few eligible patients, or a
+    carve that would leave ``external`` or ``source`` without every class is an
+    :class:`~trustmed.errors.InputError` naming ``what`` and the numbers.
+
+    >>> df = pd.DataFrame({"sample_id": list("abcdefgh"), "path": list("abcdefgh"),
+    ...                    "label": [0, 1] * 4, "split": ["train"] * 8,
+    ...                    "patient_id": ["p1", "p2", "p3", "p4", "p5", "p6", "p7", "p8"]})
+    >>> out = ensure_external(df, fraction=0.25, seed=0)
+    >>> out["split"].value_counts().to_dict(), sorted(out.loc[out["split"] == "external", "label"])
+    ({'train': 6, 'external': 2}, [0, 1])
+    >>> ensure_external(out, fraction=0.5) is out
+    True
+    """
+    from sklearn.model_selection import train_test_split
+
+    missing = [c for c in ("split", "label", "patient_id", *stratify) if c not in manifest.columns]
+    if missing:
+        raise InputError(f"{what}: cannot carve an external split, missing column(s) {', '.join(missing)}")
+    if (manifest["split"].astype(str) == "external").any():
+        return manifest
+    if isinstance(fraction, bool) or not isinstance(fraction, int | float) or not 0 < fraction <= 0.5:
+        raise InputError(f"{what}: external fraction must be in (0, 0.5], got {fraction!r}")
+    split = manifest["split"].astype(str)
+    in_source = split == source
+    if not in_source.any():
+        counts = ", ".join(f"{k} {v}" for k, v in split.value_counts().items())
+        raise InputError(f"{what}: no {source!r} rows to carve an external split from (splits: {counts})")
+    patients = manifest["patient_id"].astype(str)
+    elsewhere = set(patients[~in_source])
+    source_patients = patients[in_source].unique()
+    eligible = sorted(set(source_patients) - elsewhere)
+    n_carve = max(1, round(fraction * len(source_patients)))
+    if n_carve >= len(eligible):
+        raise InputError(
+            f"{what}: cannot carve {n_carve} external patient(s) ({fraction:g} of {len(source_patients)} "
+            f"in {source!r}): only {len(eligible)} of them have no rows in another split, "
+            "and at least one must stay"
+        )
+    columns = list(dict.fromkeys(("label", *stratify)))
+    drawn = in_source & patients.isin(eligible)
+    rows = manifest.loc[drawn, columns].assign(patient_id=patients[drawn])
+    chosen = None
+    for by in dict.fromkeys([tuple(columns), ("label",), ()]):
+        strata = None
+        if by:
+            strata = _merge_rare(_patient_strata(rows, by), _patient_strata(rows, ("label",))).loc[eligible]
+        try:
+            _, chosen = train_test_split(
+                np.asarray(eligible, dtype=object), test_size=n_carve, random_state=seed, stratify=strata
+            )
+        except ValueError:  # a stratum with one patient, or fewer patients drawn than strata
+            continue
+        log.info("%s: external patients stratified by %s", what, " x ".join(by) or "nothing")
+        break
+    moved = in_source & patients.isin(set(chosen))
+    out = manifest.copy()
+    out.loc[moved, "split"] = "external"
+    classes = np.unique(manifest.loc[in_source, "label"]).tolist()
+    for name, mask in (("external", moved), (source, in_source & ~moved)):
+        found = np.unique(manifest.loc[mask, "label"]).tolist()
+        if found != classes or len(classes) < 2:
+            raise InputError(
+                f"{what}: carving {n_carve} of {len(source_patients)} {source!r} patients "
+                f"({int(moved.sum())} of {int(in_source.sum())} rows) leaves {name!r} with label(s) "
+                f"{found}; both {source!r} and 'external' need every class of {classes}, at least two"
+            )
+    log.info(
+        "%s: carved an external split of %d rows (%d of %d %r patients, fraction %g, seed %d)",
+        what,
+        int(moved.sum()),
+        len(chosen),
+        len(source_patients),
+        source,
+        fraction,
+        seed,
+    )
+    return out
+
+
+def split_table(manifest: pd.DataFrame) -> pd.DataFrame:
+    """The split of every row, ``sample_id, split``, to save with a run and re-apply later.
+
+    >>> split_table(pd.DataFrame({"sample_id": [1, 2], "split": ["train", "external"], "label": [0, 1]}))
+      sample_id     split
+    0         1     train
+    1         2  external
+    """
+    return pd.DataFrame(
+        {
+            "sample_id": manifest["sample_id"].astype(str).to_numpy(),
+            "split": manifest["split"].astype(str).to_numpy(),
+        }
+    )
+
+
+def apply_split_table(manifest: pd.DataFrame, table: pd.DataFrame, what: str = "dataset") -> pd.DataFrame:
+    """The manifest with the splits of a saved :func:`split_table` re-applied.
+
+    Rows of ``manifest`` absent from ``table`` keep their split. A ``sample_id`` of ``table``
+    that ``manifest`` lacks, a missing column, a repeated ``sample_id`` or a blank split is an
+    :class:`~trustmed.errors.InputError` naming ``what`` (and the first such id).
+
+    >>> df = pd.DataFrame({"sample_id": ["a", "b", "c"], "split": ["train", "train", "test"]})
+    >>> apply_split_table(df, pd.DataFrame({"sample_id": ["b"], "split": ["external"]}))["split"].tolist()
+    ['train', 'external', 'test']
+    """
+    missing = [c for c in ("sample_id", "split") if c not in table.columns]
+    if missing:
+        raise InputError(
+            f"{what}: split table lacks column(s) {', '.join(missing)}; "
+            f"has {', '.join(map(str, table.columns))}"
+        )
+    ids = table["sample_id"].astype(str)
+    if ids.duplicated().any():
+        raise InputError(f"{what}: split table lists sample_id {ids[ids.duplicated()].iloc[0]!r} twice")
+    if table["split"].isna().any():
+        raise InputError(
+            f"{what}: split table has no split for sample_id {ids[table['split'].isna()].iloc[0]!r}"
+        )
+    known = manifest["sample_id"].astype(str)
+    absent = ~ids.isin(set(known))
+    if absent.any():
+        raise InputError(
+            f"{what}: split table names {int(absent.sum())} sample_id(s) not in the manifest "
+            f"(first: {ids[absent].iloc[0]!r})"
+        )
+    saved = pd.Series(table["split"].astype(str).to_numpy(), index=ids.to_numpy())
+    out = manifest.copy()
+    out["split"] = known.map(saved).fillna(out["split"]).to_numpy()
+    return out

@@ -58,16 +58,17 @@ class DebiasEstimator(BaseEstimator):
         return {}
 
 
-def require_binary_classifier(model: nn.Module) -> None:
-    """Raise :class:`InputError` unless ``model`` has an ``extractor`` and a one-output linear ``head``."""
-    if not (hasattr(model, "extractor") and isinstance(getattr(model, "head", None), nn.Linear)):
-        raise InputError(
-            "debiasing needs a classifier with an 'extractor' and a linear 'head' (trustmed.models)"
-        )
-    if model.head.out_features != 1:
-        raise InputError(
-            f"debiasing needs a binary classifier (one output), got {model.head.out_features} outputs"
-        )
+def require_binary_classifier(model: nn.Module) -> nn.Module:
+    """The binary classifier a method works on (:func:`trustmed.models.binary_view`).
+
+    ``model`` must have an ``extractor`` and a linear ``head`` (:func:`trustmed.models.wrap` makes
+    any torch classifier so) with one output, or several and an ``output_index``; otherwise an
+    :class:`InputError` says what to do. Methods put their result back with
+    :func:`trustmed.models.merge_output`, so a multi-output model keeps its other outputs.
+    """
+    from trustmed.models import binary_view
+
+    return binary_view(model)
 
 
 def make_optimizer(

@@ -4,8 +4,10 @@ Every post-hoc method (SWiFT, "Soft-Mask Weight Fine-tuning for Bias Mitigation"
 arXiv 2508.18826, and its baselines) starts from a trained model and a small labelled **external**
 set that carries the sensitive attribute. :class:`GroupedSet` holds such a set (and the validation,
 test and training splits the comparison evaluates on). This module also holds what is done to
-such sets: reading them from a manifest (:func:`known_attribute_rows` is the one place where the
-attribute column is checked and rows without a known value are dropped), balancing within each
+such sets: reading them from a manifest (:func:`attribute_rows` is the one place where the
+attribute column is checked; a missing value reads as ``"unknown"``), keeping the rows of known
+attribute for fitting (:func:`known_only`: rows of unknown attribute are evaluated and reported, as
+their own group left out of the gaps, but fitted on only with ``include_unknown``), balancing within each
 label by group as SWiFT does before fine-tuning (:func:`balanced_indices`), stratified
 sub-sampling (:func:`subsample`) and a model's scores on a set (:func:`predict_proba`).
 
@@ -31,13 +33,16 @@ from torch import nn
 from torch.utils.data import DataLoader, Dataset
 
 from trustmed.errors import InputError
+from trustmed.metrics.fairness import UNKNOWN
 from trustmed.train import predict
 
 __all__ = [
     "GroupedSet",
+    "attribute_rows",
     "balanced_indices",
     "check_external_set",
     "known_attribute_rows",
+    "known_only",
     "load_grouped_sets",
     "predict_proba",
     "subsample",
@@ -71,6 +76,38 @@ class _Items(Dataset):
         return image, torch.tensor(float(self.labels[j])), torch.tensor(int(self.group_index[j]))
 
 
+def attribute_rows(
+    manifest: pd.DataFrame, attribute: str, *, keep_unknown: bool = False, what: str = "manifest"
+) -> pd.DataFrame:
+    """The rows of ``manifest`` with ``attribute`` as text, a missing value read as ``"unknown"``;
+    without ``keep_unknown`` only the rows whose attribute is known.
+
+    A missing column, or no row left, is an :class:`InputError` naming ``what``; dropped rows are
+    logged as a warning.
+
+    >>> rows = pd.DataFrame({"skin_tone": ["light", "unknown", None, "dark"]})
+    >>> attribute_rows(rows, "skin_tone", keep_unknown=True)["skin_tone"].tolist()
+    ['light', 'unknown', 'unknown', 'dark']
+    """
+    if attribute not in manifest.columns:
+        raise InputError(
+            f"{what}: attribute column {attribute!r} not found; "
+            f"available: {', '.join(map(str, manifest.columns))}"
+        )
+    values = manifest[attribute]
+    text = values.astype(object).where(values.notna(), UNKNOWN).astype(str)
+    known = (text != UNKNOWN).to_numpy()
+    if keep_unknown:
+        rows = manifest.assign(**{attribute: text}).reset_index(drop=True)
+    else:
+        if not known.all():
+            log.warning("%s: %d rows with unknown %s dropped", what, int((~known).sum()), attribute)
+        rows = manifest.assign(**{attribute: text})[known].reset_index(drop=True)
+    if rows.empty:
+        raise InputError(f"{what}: no rows with a known {attribute!r}")
+    return rows
+
+
 def known_attribute_rows(manifest: pd.DataFrame, attribute: str, *, what: str = "manifest") -> pd.DataFrame:
     """The rows of ``manifest`` whose ``attribute`` is known (not missing, not ``"unknown"``).
 
@@ -85,18 +122,7 @@ def known_attribute_rows(manifest: pd.DataFrame, attribute: str, *, what: str = 
     ...
     trustmed.errors.InputError: manifest: attribute column 'sex' not found; available: skin_tone
     """
-    if attribute not in manifest.columns:
-        raise InputError(
-            f"{what}: attribute column {attribute!r} not found; "
-            f"available: {', '.join(map(str, manifest.columns))}"
-        )
-    known = manifest[attribute].notna() & (manifest[attribute].astype(str) != "unknown")
-    if not known.all():
-        log.warning("%s: %d rows with unknown %s dropped", what, int((~known).sum()), attribute)
-    rows = manifest[known].reset_index(drop=True)
-    if rows.empty:
-        raise InputError(f"{what}: no rows with a known {attribute!r}")
-    return rows
+    return attribute_rows(manifest, attribute, keep_unknown=False, what=what)
 
 
 @dataclass
@@ -158,15 +184,17 @@ class GroupedSet:
         channels: int = 3,
         in_memory_bytes: int = 1 << 30,
         what: str = "manifest",
+        keep_unknown: bool = False,
     ) -> GroupedSet:
         """Read a manifest's images (:class:`trustmed.data.images.ImageDataset`) with one attribute.
 
-        Only rows with a known attribute are read (:func:`known_attribute_rows`). Images are
-        stacked into one tensor when they fit in ``in_memory_bytes``, read lazily otherwise.
+        Only rows with a known attribute are read, unless ``keep_unknown`` (their group is then
+        ``"unknown"``, a missing value included; :func:`attribute_rows`). Images are stacked into
+        one tensor when they fit in ``in_memory_bytes``, read lazily otherwise.
         """
         from trustmed.data.images import ImageDataset
 
-        rows = known_attribute_rows(manifest, attribute, what=what)
+        rows = attribute_rows(manifest, attribute, keep_unknown=keep_unknown, what=what)
         dataset = ImageDataset(rows, root, image_size=image_size, channels=channels, cache=False)
         if len(rows) * channels * image_size**2 * 4 <= in_memory_bytes:
             images = torch.stack([dataset[i]["image"] for i in range(len(dataset))])
@@ -177,7 +205,7 @@ class GroupedSet:
         return cls(
             images,
             rows["label"].to_numpy(),
-            rows[attribute].astype(str).to_numpy(),
+            rows[attribute].to_numpy(),
             attribute,
             ids,
             patient_ids=patients,
@@ -232,12 +260,15 @@ def load_grouped_sets(
     channels: int = 3,
     required: Sequence[str] = (),
     what: str = "dataset",
+    keep_unknown: bool = False,
 ) -> dict[str, GroupedSet]:
     """:class:`GroupedSet` per split of a manifest (``trustmed.data.load_dataset``).
 
     A split in ``required`` that the manifest lacks is an :class:`InputError`; other absent splits
-    are skipped (with a log line). Every set uses the same group order (all groups of the attribute
-    over the requested splits).
+    are skipped (with a log line). Rows of unknown attribute are dropped, or kept as the group
+    ``"unknown"`` with ``keep_unknown`` (the evaluated splits; :func:`known_only` then gives the rows
+    to fit on). Every set uses the same group order: the known groups of the attribute over the
+    requested splits, sorted, then ``"unknown"`` in the sets that have it.
     """
     present = set(manifest["split"].astype(str))
     missing = [s for s in required if s not in present]
@@ -250,10 +281,47 @@ def load_grouped_sets(
             continue
         rows = manifest[manifest["split"].astype(str) == split]
         sets[split] = GroupedSet.from_manifest(
-            rows, root, attribute=attribute, image_size=image_size, channels=channels, what=f"{what} {split}"
+            rows,
+            root,
+            attribute=attribute,
+            image_size=image_size,
+            channels=channels,
+            what=f"{what} {split}",
+            keep_unknown=keep_unknown,
         )
-    names = tuple(sorted({g for s in sets.values() for g in s.group_names}))
-    return {k: v.with_groups(v.groups, names) for k, v in sets.items()}
+    return _common_order(sets)
+
+
+def _common_order(sets: dict[str, GroupedSet]) -> dict[str, GroupedSet]:
+    known = tuple(sorted({g for s in sets.values() for g in s.group_names if g != UNKNOWN}))
+    return {
+        k: v.with_groups(v.groups, known + ((UNKNOWN,) if UNKNOWN in v.group_names else ()))
+        for k, v in sets.items()
+    }
+
+
+def known_only(data: GroupedSet, what: str = "external set") -> GroupedSet:
+    """The samples of ``data`` whose attribute is known (the group ``"unknown"`` left out, with a
+    warning giving the count), in the same group order without ``"unknown"``: what a method fits on
+    unless ``include_unknown``.
+
+    >>> data = GroupedSet(torch.zeros(4, 1, 2, 2), [0, 1, 0, 1], ["a", "b", "unknown", "a"])
+    >>> known_only(data).groups.tolist(), known_only(data).group_names
+    (['a', 'b', 'a'], ('a', 'b'))
+    """
+    unknown = data.groups == UNKNOWN
+    if not unknown.any():
+        return data
+    if unknown.all():
+        raise InputError(f"{what}: no rows with a known {data.attribute!r}")
+    log.warning(
+        "%s: %d rows with unknown %s left out of fitting (include_unknown fits on them)",
+        what,
+        int(unknown.sum()),
+        data.attribute,
+    )
+    kept = data.subset(np.flatnonzero(~unknown))
+    return kept.with_groups(kept.groups, tuple(g for g in data.group_names if g != UNKNOWN))
 
 
 def check_external_set(external_set: GroupedSet, what: str = "external set") -> None:

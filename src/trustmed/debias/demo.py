@@ -17,6 +17,7 @@ import pandas as pd
 from trustmed.debias.registry import method_names
 from trustmed.debias.run import DataRef, DebiasCompareConfig, compare_checkpoint, write_comparison
 from trustmed.debias.selection import ERM
+from trustmed.debias.tables import FLAG_MARK
 from trustmed.report import Section, figure_to_html, table_to_html
 
 __all__ = ["NOT_IN_DEMO", "demo_methods", "demo_section"]
@@ -66,6 +67,11 @@ def _fmt(row: pd.Series, key: str) -> str:
     return f"{row[key]:.3f} [{row[f'{key}_lo']:.3f}, {row[f'{key}_hi']:.3f}]"
 
 
+def _flag(row: pd.Series) -> str:
+    """`` ⚠ <label>`` for a flagged result (failed guard, constant or chance-level predictions)."""
+    return f" {FLAG_MARK} {row['flag']}" if isinstance(row.get("flag"), str) and row["flag"] else ""
+
+
 def demo_section(
     out_dir: Path,
     *,
@@ -109,7 +115,7 @@ def demo_section(
         {
             "method": shown["method"] + shown["needs_attribute_at_prediction"].map({True: " *", False: ""}),
             "AUC [95% CI]": [_fmt(r, "auc") for _, r in shown.iterrows()],
-            "eodds gap [95% CI]": [_fmt(r, "eodds_mean_gap") for _, r in shown.iterrows()],
+            "eodds gap [95% CI]": [_fmt(r, "eodds_mean_gap") + _flag(r) for _, r in shown.iterrows()],
             "worst-group AUC": shown["worst_group_auc"].round(3),
             "wall time (s)": shown["wall_time_s"].round(1),
             "samples seen": shown["samples_seen"],
@@ -117,6 +123,16 @@ def demo_section(
     )
     tuned = table[table["threshold"] == "tuned"].set_index("method")
     erm, swift = shown.set_index("method").loc["erm"], shown.set_index("method").loc["swift"]
+    flagged = [
+        f"<li>{FLAG_MARK} {html.escape(str(r['method']))}: {html.escape(str(r['flag_reason']))}</li>"
+        for _, r in shown.iterrows()
+        if _flag(r)
+    ]
+    swift_flag = (
+        f" (flagged: {html.escape(str(swift['flag_reason']))}, so this gap is no evidence of fairness)"
+        if _flag(swift)
+        else ""
+    )
     text = (
         f"<p>An ERM model trained on SynthSkin, where dark-skin malignant lesions are rare in training, "
         f"has an equalised-odds gap of {erm['eodds_mean_gap']:.3f} between light and dark skin on the "
@@ -124,16 +140,19 @@ def demo_section(
         f"{n_external} labelled external images: it scores each weight by how much it matters for the "
         f"bias loss versus the prediction loss, updates mostly the bias-related weights, then retrains "
         f"the last layer. After SWiFT the gap is {swift['eodds_mean_gap']:.3f} and AUC {swift['auc']:.3f}, "
-        f"in {swift['wall_time_s']:.1f} s. At a threshold tuned on validation the gap goes from "
+        f"in {swift['wall_time_s']:.1f} s{swift_flag}. At a threshold tuned on validation the gap goes from "
         f"{tuned.loc['erm', 'eodds_mean_gap']:.3f} to {tuned.loc['swift', 'eodds_mean_gap']:.3f}: part of "
         f"any gain at 0.5 is mere re-calibration to the balanced external set. Baselines get the same "
         f"external set and the same validation-only selection; * marks per-group thresholds, which need "
-        f"the skin tone of every patient at prediction time. Bars are 95% bootstrap CIs; overlapping "
+        f"the skin tone of every patient at prediction time; {FLAG_MARK} marks a result whose setting failed "
+        f"the validation guard or whose predictions are constant (or no better than chance), whose gap "
+        f"is no evidence of fairness. Bars are 95% bootstrap CIs; overlapping "
         f"bars mean the data cannot tell the methods apart.</p>"
     )
     body = (
         text
         + table_to_html(view)
+        + (f'<div class="note"><ul>{"".join(flagged)}</ul></div>' if flagged else "")
         + figure_to_html(figure, "Equalised-odds gap vs AUC on the test split (threshold 0.5), 95% CIs")
         + f'<p class="note">External set: {n_external} images; full table: '
         f"<code>{html.escape(out_dir.name)}/comparison.csv</code>.</p>"

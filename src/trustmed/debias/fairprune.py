@@ -40,6 +40,7 @@ from trustmed.debias.data import GroupedSet, check_external_set, predict_proba
 from trustmed.debias.importance import fisher_importance
 from trustmed.debias.swift import worst_best_groups
 from trustmed.errors import InputError
+from trustmed.models import merge_output
 from trustmed.utils import seed_everything
 
 __all__ = ["FairPrune"]
@@ -89,7 +90,8 @@ class FairPrune(DebiasEstimator):
         """Prune a copy of ``model`` using the groups of ``external_set``."""
         if not 0.0 < self.prune_ratio < 1.0:
             raise InputError(f"prune_ratio must lie in (0, 1), got {self.prune_ratio}")
-        require_binary_classifier(model)
+        source = model
+        model = require_binary_classifier(model)
         check_external_set(external_set)
         start = time.perf_counter()
         seed_everything(self.seed)
@@ -120,7 +122,7 @@ class FairPrune(DebiasEstimator):
                 self.mask_[n] = keep
                 params[n].mul_(keep.to(params[n].device, params[n].dtype))
         model.eval()
-        self.model_ = model
+        self.model_ = merge_output(source, model)
         self.history_ = {
             "unprivileged": unpriv,
             "privileged": priv,

@@ -13,8 +13,15 @@ import time
 
 from torch import nn
 
-from trustmed.debias.base import Cost, DebiasEstimator, combined_loss, make_optimizer
+from trustmed.debias.base import (
+    Cost,
+    DebiasEstimator,
+    combined_loss,
+    make_optimizer,
+    require_binary_classifier,
+)
 from trustmed.debias.data import GroupedSet, balanced_indices, check_external_set
+from trustmed.models import merge_output
 from trustmed.train import fit
 from trustmed.utils import seed_everything
 
@@ -80,6 +87,8 @@ class FineTune(DebiasEstimator):
 
     def fit(self, model: nn.Module, external_set: GroupedSet) -> FineTune:
         """Fine-tune a copy of ``model`` on the balanced ``external_set``."""
+        source = model
+        model = require_binary_classifier(model)
         check_external_set(external_set)
         start = time.perf_counter()
         seed_everything(self.seed)
@@ -98,7 +107,7 @@ class FineTune(DebiasEstimator):
         cost = Cost()
         cost.add(result)
         cost.wall_time_s = time.perf_counter() - start
-        self.model_ = model
+        self.model_ = merge_output(source, model)
         self.history_ = result.history
         self.n_balanced_ = len(balanced)
         self.cost_ = cost.as_dict()

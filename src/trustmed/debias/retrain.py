@@ -27,6 +27,7 @@ from torch import nn
 
 from trustmed.debias.base import DebiasEstimator, combined_loss, make_optimizer, require_binary_classifier
 from trustmed.debias.data import GroupedSet, check_external_set, predict_proba
+from trustmed.models import merge_output
 from trustmed.train import fit
 from trustmed.train.classifier import DataSection, OptimSection
 from trustmed.utils import seed_everything
@@ -74,6 +75,8 @@ class RetrainFair(DebiasEstimator):
         the defaults are those of ``trustmed train`` (``OptimSection``, ``DataSection``) and
         :meth:`from_train_config` copies an ERM run's.
     seed : seeds initialisation, shuffling and augmentation.
+    init_weights, model_spec : a pretrained start, as ERM had (``model.init_weights`` of the ERM
+        run's spec, :func:`trustmed.models.load_weights`); random initialisation without.
 
     With a ``val_set``, the epoch with the best validation AUC is kept (as ERM training does).
     """
@@ -93,6 +96,8 @@ class RetrainFair(DebiasEstimator):
         cosine: bool = _OPTIM.cosine,
         augment: bool = _DATA.augment,
         seed: int = 0,
+        init_weights: str | None = None,
+        model_spec: dict[str, Any] | None = None,
     ):
         self.attribute = attribute
         self.bias_loss = bias_loss
@@ -106,6 +111,8 @@ class RetrainFair(DebiasEstimator):
         self.cosine = cosine
         self.augment = augment
         self.seed = seed
+        self.init_weights = init_weights
+        self.model_spec = model_spec
 
     @classmethod
     def from_train_config(cls, train_config: Mapping[str, Any], **params: Any) -> RetrainFair:
@@ -123,15 +130,24 @@ class RetrainFair(DebiasEstimator):
             "augment": data.get("augment", _DATA.augment),
             "seed": train_config.get("seed", 0),
         }
+        spec = train_config.get("model") or {}
+        if spec.get("init_weights"):
+            schedule.update(init_weights=str(spec["init_weights"]), model_spec=dict(spec))
         return cls(**{**schedule, **params})
 
     def fit(self, model: nn.Module, train_set: GroupedSet, val_set: GroupedSet | None = None) -> RetrainFair:
         """Train a re-initialised copy of ``model`` on ``train_set``."""
+        source = model
         require_binary_classifier(model)
         check_external_set(train_set, "training set")
         start = time.perf_counter()
         seed_everything(self.seed)
-        model = reinitialise(copy.deepcopy(model), self.seed)
+        model = reinitialise(copy.deepcopy(source), self.seed)
+        if self.init_weights is not None:
+            from trustmed.models import ModelSpec, load_weights
+
+            load_weights(model, self.init_weights, ModelSpec(**(self.model_spec or {})), strict=False)
+        model = require_binary_classifier(model)
         for p in model.parameters():
             p.requires_grad_(True)
         loader = train_set.loader(self.batch_size, shuffle=True, seed=self.seed)
@@ -169,7 +185,7 @@ class RetrainFair(DebiasEstimator):
             description="retrain (fair)",
         )
         model.eval()
-        self.model_ = model
+        self.model_ = merge_output(source, model)
         self.history_ = result.history
         self.cost_ = {
             "wall_time_s": time.perf_counter() - start,

@@ -12,8 +12,12 @@ call these functions, with the configs defined here:
   :func:`run_compare` does both into ``--out``;
 * :func:`run_apply_thresholds` applies saved per-group thresholds to a predictions CSV.
 
-Both configs read the data the checkpoint was trained on unless ``data`` says otherwise; rows whose
-attribute is missing or ``"unknown"`` are dropped once, when the splits are read.
+Both configs read the data the checkpoint was trained on unless ``data`` says otherwise. Rows whose
+attribute is missing or ``"unknown"`` follow the rule of ``trustmed audit``: methods fit on the known
+rows only, and every evaluation (the before/after audits, the compared splits) reports the unknown
+rows as their own group, left out of the gaps; ``include_unknown`` fits on them and counts them
+like any other group. Degenerate results (constant or chance-level predictions, a failed
+validation guard) are flagged in ``debias.json`` / ``summary.json`` (``"flags"``) and the tables.
 
 >>> DebiasRunConfig(method="swift", params={"beta": 0.2}).external_split
 'external'
@@ -30,11 +34,12 @@ import pandas as pd
 from pydantic import Field, model_validator
 
 from trustmed.config import Config, NBoot
-from trustmed.debias.data import GroupedSet, load_grouped_sets, predict_proba, subsample
+from trustmed.debias.data import GroupedSet, known_only, load_grouped_sets, predict_proba, subsample
 from trustmed.debias.registry import get_method, method_names
-from trustmed.debias.selection import ERM, Comparison, check_plan, compare_methods
+from trustmed.debias.selection import ERM, Comparison, check_plan, compare_methods, method_scores
 from trustmed.debias.tables import comparison_table, dominating_methods, pareto_figure
 from trustmed.errors import InputError
+from trustmed.metrics.fairness import UNKNOWN, degenerate_reason
 
 __all__ = [
     "SUMMARY_KEYS",
@@ -75,6 +80,7 @@ class _DebiasConfig(Config):
     bias_loss: Literal["eodds", "eopp", "dp"] = "eodds"
     epochs: int = Field(10, ge=0)
     n_boot: NBoot = 1000
+    include_unknown: bool = False
 
     @model_validator(mode="after")
     def _one_external_size(self) -> _DebiasConfig:
@@ -157,10 +163,16 @@ def _external_size(cfg: _DebiasConfig, metadata: dict[str, Any]) -> int | None:
 
 
 def _read_data(cfg: _DebiasConfig, metadata: dict[str, Any]) -> tuple[pd.DataFrame, Path]:
-    from trustmed.data import load_dataset
+    """The data, split as the checkpoint's training run split it (its saved ``splits.csv``; an
+    external split carved from the training patients when the dataset has none)."""
+    from trustmed.train.classifier import dataset_of_checkpoint
 
     name, root, options = _resolve_data(cfg.data, metadata)
-    return load_dataset(name, root, **options), root
+    folder = cfg.checkpoint if cfg.checkpoint is not None and Path(cfg.checkpoint).is_dir() else None
+    manifest = dataset_of_checkpoint(
+        folder, metadata, dataset=name, root=root, options=options, attribute=cfg.attribute
+    )
+    return manifest, root
 
 
 def _read_sets(cfg, spec, metadata: dict[str, Any], *, splits: list[str], required: list[str]):
@@ -175,23 +187,33 @@ def _read_sets(cfg, spec, metadata: dict[str, Any], *, splits: list[str], requir
         splits=splits,
         required=required,
         what=str(root),
+        keep_unknown=True,
     )
     return manifest, root, sets
 
 
-def _audit(table: pd.DataFrame, attribute: str, n_boot: int, seed: int) -> dict[str, Any]:
-    from trustmed.metrics.fairness import fairness_report
+def _fit_rows(cfg: _DebiasConfig, data: GroupedSet, what: str) -> GroupedSet:
+    """The rows a method fits on: the known ones, or all with ``include_unknown``."""
+    return data if cfg.include_unknown else known_only(data, what)
 
-    return fairness_report(
-        table["label"].to_numpy(),
-        table["score"].to_numpy(),
-        groups=table[attribute].astype(str).to_numpy(),
+
+def _audit(
+    table: pd.DataFrame, attribute: str, n_boot: int, seed: int, include_unknown: bool
+) -> dict[str, Any]:
+    """The audit of a predictions table at 0.5: what ``trustmed audit`` writes for it."""
+    from trustmed.audit import run_audit
+
+    return run_audit(
+        table,
+        group_cols=[attribute],
+        patient_col="patient_id" if "patient_id" in table else None,
         threshold=0.5,
         n_boot=n_boot,
         seed=seed,
-        patient_ids=table["patient_id"].to_numpy() if "patient_id" in table else None,
-        attribute=attribute,
-    )
+        figures=False,
+        include_unknown=include_unknown,
+        source=f"predictions by {attribute}",
+    ).metrics
 
 
 def _summary_line(report: dict[str, Any]) -> dict[str, float]:
@@ -233,7 +255,7 @@ def run_debias(cfg: DebiasRunConfig, out: Path) -> dict[str, Any]:
         required=[fit_split] if fit_split is not None else [],
     )
     fit_set = (
-        sets[fit_split]
+        _fit_rows(cfg, sets[fit_split], f"{root} {fit_split}")
         if fit_split is not None
         else GroupedSet.from_manifest(
             manifest,
@@ -242,6 +264,7 @@ def run_debias(cfg: DebiasRunConfig, out: Path) -> dict[str, Any]:
             image_size=spec.image_size,
             channels=spec.in_channels,
             what=f"{root} (all rows)",
+            keep_unknown=cfg.include_unknown,
         )
     )
     size = _external_size(cfg, metadata)
@@ -256,7 +279,10 @@ def run_debias(cfg: DebiasRunConfig, out: Path) -> dict[str, Any]:
         "n_fit": len(fit_set),
         "fit_split": fit_split,
         "checkpoint": str(cfg.checkpoint),
+        "include_unknown": cfg.include_unknown,
         "splits": {},
+        "flags": {},
+        "notes": [],
         "needs_attribute_at_prediction": method.needs_attribute,
     }
     by_id = manifest.assign(sample_id=manifest["sample_id"].astype(str)).set_index("sample_id")
@@ -274,16 +300,31 @@ def run_debias(cfg: DebiasRunConfig, out: Path) -> dict[str, Any]:
         for split in [s for s in cfg.eval_splits if s in sets]:
             data = sets[split]
             rows = by_id.loc[data.sample_ids].reset_index()
+            scores, fallback = method_scores(
+                estimator,
+                data,
+                needs_attribute=method.needs_attribute,
+                fitted_unknown=UNKNOWN in fit_set.groups,
+            )
+            if fallback:
+                summary["notes"].append(
+                    f"{split}: {fallback} rows of unknown {cfg.attribute} scored by the unchanged model's "
+                    "decision at 0.5 (the method has no rule for an unknown group)"
+                )
             before = prediction_table(rows, predict_proba(model, data), attributes)
-            after = prediction_table(rows, estimator.predict_scores(data), attributes)
+            after = prediction_table(rows, scores, attributes)
             before.to_csv(tmp / f"predictions_before_{split}.csv", index=False)
             after.to_csv(tmp / f"predictions_{split}.csv", index=False)
             reports = {
-                "before": _audit(before, cfg.attribute, cfg.n_boot, cfg.seed),
-                "after": _audit(after, cfg.attribute, cfg.n_boot, cfg.seed),
+                when: _audit(table, cfg.attribute, cfg.n_boot, cfg.seed, cfg.include_unknown)
+                for when, table in (("before", before), ("after", after))
             }
             for when, report in reports.items():
                 write_json(tmp / f"audit_{when}" / split / "metrics.json", report)
+                reason = degenerate_reason(report["overall"])
+                if reason:
+                    summary["flags"].setdefault(split, {})[when] = reason
+                    log.warning("%s on %s (%s): %s", cfg.method, split, when, reason)
             summary["splits"][split] = {when: _summary_line(r) for when, r in reports.items()}
         if hasattr(estimator, "history_"):
             write_json(tmp / "history.json", estimator.history_)
@@ -310,6 +351,9 @@ def compare_checkpoint(cfg: DebiasCompareConfig) -> Comparison:
         required=[cfg.external_split, "val"],
     )
     sets = {("external" if k == cfg.external_split else k): v for k, v in sets.items()}
+    for name in ("external", "train"):
+        if name in sets:
+            sets[name] = _fit_rows(cfg, sets[name], name)
     size = _external_size(cfg, metadata)
     if size is not None:
         sets["external"] = subsample(sets["external"], size, seed=cfg.seed)
@@ -327,6 +371,7 @@ def compare_checkpoint(cfg: DebiasCompareConfig) -> Comparison:
         select_gap=cfg.select_gap,
         eval_splits=cfg.eval_splits,
         seed=cfg.seed,
+        include_unknown=cfg.include_unknown,
     )
 
 
@@ -344,7 +389,8 @@ def write_comparison(comparison: Comparison, folder: Path) -> CompareResult:
     """Write ``comparison.csv`` (:func:`~trustmed.debias.tables.comparison_table`), ``comparison.json``,
     ``pareto_<split>_<0.5|tuned>.png`` per evaluated split and ``summary.json`` into ``folder``.
 
-    SWiFT's dominance is tested on the first evaluated split.
+    SWiFT's dominance is tested on the first evaluated split. ``summary.json`` holds ``"flags"``:
+    ``{method: {split: {threshold: reason}}}`` for every flagged result (empty when none is).
     """
     from trustmed.io import write_json
 
@@ -364,8 +410,14 @@ def write_comparison(comparison: Comparison, folder: Path) -> CompareResult:
         if "swift" in comparison.results and split is not None
         else []
     )
+    flags = {name: res.flags() for name, res in comparison.results.items()}
     write_json(
-        folder / "summary.json", {"swift_dominated_by": dominated, "reference_val": comparison.reference}
+        folder / "summary.json",
+        {
+            "swift_dominated_by": dominated,
+            "reference_val": comparison.reference,
+            "flags": {name: f for name, f in flags.items() if f},
+        },
     )
     return CompareResult(comparison, table, split, dominated)
 

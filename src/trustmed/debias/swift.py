@@ -53,6 +53,7 @@ from trustmed.debias.data import GroupedSet, balanced_indices, check_external_se
 from trustmed.debias.importance import fisher_importance, mask_summary, soft_mask
 from trustmed.debias.losses import BIAS_LOSSES, bias_loss, bias_loss_from_probs, wbce
 from trustmed.errors import InputError
+from trustmed.models import merge_output
 from trustmed.train import fit
 from trustmed.utils import seed_everything
 
@@ -202,7 +203,8 @@ class SWiFT(DebiasEstimator):
             in ``history_`` (nothing is selected with it).
         """
         self._validate()
-        require_binary_classifier(model)
+        source = model
+        model = require_binary_classifier(model)
         check_external_set(external_set)
         start = time.perf_counter()
         seed_everything(self.seed)
@@ -237,7 +239,7 @@ class SWiFT(DebiasEstimator):
             p.requires_grad_(True)
         model.eval()
         cost.wall_time_s = time.perf_counter() - start
-        self.model_ = model
+        self.model_ = merge_output(source, model)
         self.groups_ = data.group_names
         self.cost_ = cost.as_dict()
         self.history_ = {
@@ -303,7 +305,7 @@ class SWiFT(DebiasEstimator):
         device = next(model.parameters()).device
         with torch.no_grad():
             chunks = [
-                (model.extractor(x.to(device)).cpu(), y, g)
+                (model.features(x.to(device)).cpu(), y, g)
                 for x, y, g in data.loader(self.batch_size, indices=balanced)
             ]
         features = TensorDataset(*(torch.cat([c[i] for c in chunks]) for i in range(3)))

@@ -1,9 +1,12 @@
 """A comparison of debiasing methods as a table, the dominance test on it, and its Pareto figure.
 
 :func:`comparison_table` flattens a :class:`~trustmed.debias.selection.Comparison` into one row
-per (method, split, threshold) with 95 % CIs (``<metric>_lo`` / ``<metric>_hi``), cost and the
-attribute-at-prediction flag; :func:`dominating_methods` reads it (dominance beyond the CIs) and
-:func:`pareto_figure` draws gap against AUC from it.
+per (method, split, threshold) with 95 % CIs (``<metric>_lo`` / ``<metric>_hi``), cost, the
+attribute-at-prediction flag and the result's flag (``flag``: a short label, ``flag_reason``: why;
+empty for a healthy result): a setting that failed the validation guard, or predictions that are
+constant or no better than chance (:func:`~trustmed.debias.selection.result_flags`), whose 0.000
+gap is no evidence of fairness. :func:`dominating_methods` reads the table (dominance beyond the
+CIs) and :func:`pareto_figure` draws gap against AUC from it, flagged points greyed.
 """
 
 from __future__ import annotations
@@ -16,16 +19,44 @@ import numpy as np
 import pandas as pd
 
 from trustmed.debias.registry import METHODS
-from trustmed.debias.selection import GAPS, REPORTED, Comparison
+from trustmed.debias.selection import GAPS, REPORTED, Comparison, result_flags
 from trustmed.errors import InputError
 
-__all__ = ["COST_KEYS", "comparison_table", "dominating_methods", "pareto_figure"]
+__all__ = ["COST_KEYS", "FLAG_MARK", "comparison_table", "dominating_methods", "flag_label", "pareto_figure"]
 
 COST_KEYS = ("wall_time_s", "epochs", "samples_seen", "parameter_updates")
 
+FLAG_MARK = "⚠"
+"""The mark of a flagged result in the printed tables."""
+
+_SHORT = {
+    "failed validation guard": "failed guard",
+    "constant predictions": "constant",
+    "predictions no better than chance": "chance level",
+}
+
+
+def flag_label(reasons: Sequence[str] | str | None) -> str:
+    """A short label for flag reasons (``"failed guard + constant"``); empty when there are none.
+
+    >>> flag_label(["failed validation guard (val AUC 0.610 < ERM 0.800 − 0.02)",
+    ...             "constant predictions (all negative, balanced accuracy 0.500)"])
+    'failed guard + constant'
+    """
+    if not reasons:
+        return ""
+    if isinstance(reasons, str):
+        reasons = reasons.split("; ")
+    labels = []
+    for reason in reasons:
+        head = reason.split(" (", 1)[0]
+        labels.append(_SHORT.get(head, head))
+    return " + ".join(dict.fromkeys(labels))
+
 
 def comparison_table(comparison: Comparison) -> pd.DataFrame:
-    """One row per (method, split, threshold): metrics with CIs, cost, and the attribute flag."""
+    """One row per (method, split, threshold): metrics with CIs, cost, the attribute flag, and the
+    result's ``flag`` / ``flag_reason`` (empty strings for a healthy result)."""
     rows = []
     for name, res in comparison.results.items():
         for split, by_kind in res.metrics.items():
@@ -37,6 +68,9 @@ def comparison_table(comparison: Comparison) -> pd.DataFrame:
                     "needs_attribute_at_prediction": res.needs_attribute,
                     "guard_passed": res.guard_passed,
                 }
+                reasons = result_flags(res, report)
+                row["flag"] = flag_label(reasons)
+                row["flag_reason"] = "; ".join(reasons)
                 for key in REPORTED:
                     _put(row, key, report["overall"][key])
                 for key in GAPS:
@@ -91,7 +125,9 @@ def pareto_figure(
     gap: str = "eodds_mean_gap",
     title: str | None = None,
 ) -> Path:
-    """Gap (x) against AUC (y) per method, with 95 % CI bars; attribute-at-prediction methods hollow."""
+    """Gap (x) against AUC (y) per method, with 95 % CI bars; attribute-at-prediction methods hollow;
+    flagged results (``flag``: failed guard, constant or chance-level predictions) grey and hollow,
+    their legend entry naming the flag."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -105,15 +141,19 @@ def pareto_figure(
     for i, (_, r) in enumerate(rows.iterrows()):
         xerr = [[max(r[gap] - r[f"{gap}_lo"], 0)], [max(r[f"{gap}_hi"] - r[gap], 0)]]
         yerr = [[max(r["auc"] - r["auc_lo"], 0)], [max(r["auc_hi"] - r["auc"], 0)]]
-        hollow = bool(r["needs_attribute_at_prediction"])
-        color = cmap(i % 10)
-        label = r["method"] + (" (needs attribute)" if hollow else "")
+        flag = r.get("flag")
+        flag = flag if isinstance(flag, str) else ""
+        hollow = bool(r["needs_attribute_at_prediction"]) or bool(flag)
+        color = "0.6" if flag else cmap(i % 10)
+        label = r["method"] + (" (needs attribute)" if r["needs_attribute_at_prediction"] else "")
+        if flag:
+            label += f" [flagged: {flag}]"
         ax.errorbar(
             r[gap],
             r["auc"],
             xerr=np.nan_to_num(xerr),
             yerr=np.nan_to_num(yerr),
-            fmt="o",
+            fmt="X" if flag else "o",
             color=color,
             mfc="white" if hollow else color,
             ms=7 if r["method"] == "swift" else 5,

@@ -28,7 +28,7 @@ import pandas as pd
 from sklearn.base import BaseEstimator, ClassifierMixin
 from torch import nn
 
-from trustmed.debias.base import DebiasEstimator
+from trustmed.debias.base import DebiasEstimator, require_binary_classifier
 from trustmed.debias.data import GroupedSet, check_external_set, predict_proba
 from trustmed.errors import InputError
 
@@ -103,6 +103,7 @@ class GroupThresholds(DebiasEstimator):
 
     def fit(self, model: nn.Module, external_set: GroupedSet) -> GroupThresholds:
         """Fit per-group thresholds to ``model``'s scores on ``external_set``; ``model_`` is ``model``."""
+        require_binary_classifier(model)
         check_external_set(external_set)
         start = time.perf_counter()
         self.model_ = model

@@ -55,8 +55,11 @@ __all__ = [
     "fairness_report",
     "group_metrics",
     "gaps",
+    "UNKNOWN",
     "choose_threshold",
+    "degenerate_reason",
     "encode_groups",
+    "is_unknown_group",
 ]
 
 logger = logging.getLogger(__name__)
@@ -95,6 +98,14 @@ N_BINS = 15
 
 _EPS = float(np.finfo(np.float64).eps)
 
+UNKNOWN = "unknown"
+"""The attribute value of a row whose sensitive attribute is not known; a missing value (NaN) reads
+the same. By default such rows form their own group, reported but left out of the gaps and
+worst-group values (``include_unknown=True`` counts them like any other group)."""
+
+CHANCE_TOLERANCE = 1e-3
+"""A balanced accuracy at most 0.5 + this is no better than a constant classifier."""
+
 
 # ----------------------------------------------------------------------------------------------
 # input handling
@@ -108,7 +119,8 @@ def encode_groups(groups: Any, n: int, attribute: str | None = None) -> tuple[np
     ----------
     groups
         A 1-D array-like (one attribute), a pandas Series, or a DataFrame / mapping of several
-        attribute columns (their intersection; names are ``attr=value`` joined by ``&``).
+        attribute columns (their intersection; names are ``attr=value`` joined by ``&``). A missing
+        value (NaN, None) is read as :data:`UNKNOWN`.
     n
         Expected number of rows.
     attribute
@@ -117,46 +129,96 @@ def encode_groups(groups: Any, n: int, attribute: str | None = None) -> tuple[np
     Returns
     -------
     codes, names, attribute
-        ``codes[i]`` indexes ``names``; names are sorted by the attribute values.
+        ``codes[i]`` indexes ``names``; names are sorted by the attribute values (``unknown``, when
+        it stands for missing values only, comes last).
 
     >>> encode_groups({"sex": ["F", "M", "F"], "age": [1, 1, 2]}, 3)
     (array([0, 2, 1]), ['sex=F&age=1', 'sex=F&age=2', 'sex=M&age=1'], 'sex&age')
+    >>> encode_groups(["a", None, "b"], 3)
+    (array([0, 2, 1]), ['a', 'b', 'unknown'], 'group')
     """
+    encoded = _encode(groups, n, attribute)
+    return encoded.codes, encoded.names, encoded.attribute
+
+
+@dataclass
+class _Groups:
+    codes: np.ndarray
+    names: list[str]
+    attribute: str
+    unknown: np.ndarray  # per name: the attribute (or a part of an intersection) is unknown
+    missing: list[tuple[str, int]]  # (column, count) of missing values read as unknown
+
+
+def is_unknown_group(name: str) -> bool:
+    """Whether a report's group name stands for an unknown attribute: ``unknown`` itself, or an
+    intersection with an unknown part (``sex=unknown&age_bin=60-74``).
+
+    >>> [is_unknown_group(g) for g in ("unknown", "sex=F&age=unknown", "sex=F&age=60")]
+    [True, True, False]
+    """
+    name = str(name)
+    if name == UNKNOWN:
+        return True
+    parts = name.split("&")
+    if len(parts) < 2 or not all("=" in p for p in parts):
+        return False
+    return any(p.split("=", 1)[1] == UNKNOWN for p in parts)
+
+
+def _factorize(values: pd.Series) -> tuple[np.ndarray, list[str], np.ndarray, int]:
+    """Codes, names (sorted values; ``unknown`` appended when only missing values stand for it),
+    which names are unknown, and how many values were missing."""
+    missing = pd.isna(values).to_numpy()
+    codes, uniques = pd.factorize(values.to_numpy(dtype=object) if missing.any() else values, sort=True)
+    names = [str(u) for u in uniques]
+    codes = codes.astype(np.int64)
+    if missing.any():
+        if UNKNOWN not in names:
+            names.append(UNKNOWN)
+        codes[missing] = names.index(UNKNOWN)
+    return codes, names, np.array([name == UNKNOWN for name in names], dtype=bool), int(missing.sum())
+
+
+def _encode(groups: Any, n: int, attribute: str | None = None) -> _Groups:
     if isinstance(groups, Mapping) and not isinstance(groups, pd.Series):
         groups = pd.DataFrame({str(k): np.asarray(v) for k, v in groups.items()})
     if isinstance(groups, pd.DataFrame):
         if groups.shape[1] == 0:
             raise InputError("groups: no attribute columns given")
         if groups.shape[1] == 1:
-            return encode_groups(groups.iloc[:, 0], n, attribute or str(groups.columns[0]))
+            return _encode(groups.iloc[:, 0], n, attribute or str(groups.columns[0]))
         frame = groups.reset_index(drop=True)
         _check_length(len(frame), n, "groups")
-        for col in frame.columns:
-            _check_no_missing(frame[col], f"group column '{col}'")
-        factors = [pd.factorize(frame[col], sort=True) for col in frame.columns]
-        combined = np.ravel_multi_index([codes for codes, _ in factors], [len(u) for _, u in factors])
-        present, codes = np.unique(combined, return_inverse=True)
         cols = [str(c) for c in frame.columns]
-        value_index = np.unravel_index(present, [len(u) for _, u in factors])
+        factors = [_factorize(frame[col]) for col in frame.columns]
+        sizes = [len(names) for _, names, _, _ in factors]
+        combined = np.ravel_multi_index([codes for codes, _, _, _ in factors], sizes)
+        present, codes = np.unique(combined, return_inverse=True)
+        value_index = np.unravel_index(present, sizes)
         names = [
-            "&".join(f"{c}={u[j]}" for c, (_, u), j in zip(cols, factors, combo, strict=True))
+            "&".join(f"{c}={f[1][j]}" for c, f, j in zip(cols, factors, combo, strict=True))
             for combo in zip(*value_index, strict=True)
         ]
-        codes = codes.astype(np.int64).ravel()
-        return codes, names, attribute or "&".join(cols)
+        unknown = np.zeros(len(present), dtype=bool)
+        for f, index in zip(factors, value_index, strict=True):
+            unknown |= f[2][index]
+        missing = [(c, f[3]) for c, f in zip(cols, factors, strict=True) if f[3]]
+        return _Groups(codes.astype(np.int64).ravel(), names, attribute or "&".join(cols), unknown, missing)
     if isinstance(groups, pd.Series):
         attribute = attribute or (str(groups.name) if groups.name is not None else None)
-        values = groups.to_numpy()
+        values = groups.reset_index(drop=True)
     else:
-        values = np.asarray(groups)
-    if values.ndim != 1:
-        raise InputError(
-            f"groups: expected a 1-D array or a table of attribute columns, got shape {values.shape}"
-        )
+        array = np.asarray(groups)
+        if array.ndim != 1:
+            raise InputError(
+                f"groups: expected a 1-D array or a table of attribute columns, got shape {array.shape}"
+            )
+        values = pd.Series(array)
     _check_length(len(values), n, "groups")
-    _check_no_missing(pd.Series(values), "groups")
-    codes, uniques = pd.factorize(values, sort=True)
-    return codes.astype(np.int64), [str(u) for u in uniques], attribute or "group"
+    codes, names, unknown, n_missing = _factorize(values)
+    attribute = attribute or "group"
+    return _Groups(codes, names, attribute, unknown, [(attribute, n_missing)] if n_missing else [])
 
 
 def _check_length(got: int, n: int, what: str) -> None:
@@ -248,6 +310,7 @@ class _Layout:
     overall_ranks: _Ranks
     strata: np.ndarray  # group index of every column
     clusters: np.ndarray | None  # cluster (patient) code of every column
+    counted: np.ndarray  # per group: whether it enters the gaps and worst-group values
 
     @property
     def n(self) -> int:
@@ -277,7 +340,7 @@ def _ranks(pos_desc: np.ndarray, neg_asc: np.ndarray) -> _Ranks:
     )
 
 
-def _layout(y, s, codes, names, threshold, cluster_ids) -> _Layout:
+def _layout(y, s, codes, names, threshold, cluster_ids, counted=None) -> _Layout:
     order_parts, n_pos, group_ranks = [], [], []
     for g in range(len(names)):
         members = np.flatnonzero(codes == g)
@@ -307,6 +370,7 @@ def _layout(y, s, codes, names, threshold, cluster_ids) -> _Layout:
         overall_ranks=_ranks(ss[pos_cols], ss[neg_cols]),
         strata=np.repeat(np.arange(len(names)), np.diff(offsets)),
         clusters=None if cluster_ids is None else cluster_ids[order],
+        counted=np.ones(len(names), dtype=bool) if counted is None else np.asarray(counted, dtype=bool),
     )
 
 
@@ -379,8 +443,15 @@ def _worst(values: np.ndarray) -> np.ndarray:
     return np.where(defined.any(axis=1), np.where(defined, values, np.inf).min(axis=1), np.nan)
 
 
-def _gaps_from_groups(per_group: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
-    """Gaps and worst-group values from per-group arrays of shape (b, K)."""
+def _gaps_from_groups(
+    per_group: dict[str, np.ndarray], counted: np.ndarray | None = None
+) -> dict[str, np.ndarray]:
+    """Gaps and worst-group values from per-group arrays of shape (b, K), over the groups ``counted``
+    (a boolean mask of length K; default all)."""
+    if counted is not None:
+        per_group = {
+            key: per_group[key][:, counted] for key in ("selection_rate", "tpr", "fpr", "auc", "accuracy")
+        }
     tpr_gap, fpr_gap = _spread(per_group["tpr"]), _spread(per_group["fpr"])
     return {
         "dp_gap": _spread(per_group["selection_rate"]),
@@ -412,7 +483,7 @@ def _evaluate(layout: _Layout, weights: np.ndarray) -> dict[str, Any]:
         layout.overall_ranks,
     )
     overall = _metrics(np.asarray(overall_linear), auc, ap)
-    return {"overall": overall, "groups": stacked, "gaps": _gaps_from_groups(stacked)}
+    return {"overall": overall, "groups": stacked, "gaps": _gaps_from_groups(stacked, layout.counted)}
 
 
 def _bootstrap(layout: _Layout, n_boot: int, seed: int) -> dict[str, Any]:
@@ -429,15 +500,25 @@ def _bootstrap(layout: _Layout, n_boot: int, seed: int) -> dict[str, Any]:
 # ----------------------------------------------------------------------------------------------
 
 
-def _prepare_inputs(y_true, y_score, groups, threshold, patient_ids, attribute):
+def _prepare_inputs(y_true, y_score, groups, threshold, patient_ids, attribute, include_unknown=False):
     y = _as_binary_labels(y_true)
     n = len(y)
     if n == 0:
         raise InputError("no predictions: the table is empty")
     s = _as_scores(y_score, n)
-    codes, names, attribute = encode_groups(groups, n, attribute)
+    encoded = _encode(groups, n, attribute)
+    names = encoded.names
     if len(names) < 2:
         raise InputError(f"groups: only one group ('{names[0]}'); a fairness audit needs at least 2")
+    counted = np.ones(len(names), dtype=bool) if include_unknown else ~encoded.unknown
+    if counted.sum() < 2:
+        known = [name for name, c in zip(names, counted, strict=True) if c]
+        raise InputError(
+            f"groups: only {len(known)} group with a known attribute"
+            + (f" ('{known[0]}')" if known else "")
+            + "; a fairness audit needs at least 2 (rows with an unknown attribute are left out of the "
+            "gaps unless include_unknown is set)"
+        )
     if not (isinstance(threshold, numbers.Real) and 0.0 <= float(threshold) <= 1.0):
         raise InputError(f"threshold must be a number in [0, 1], got {threshold!r}")
     cluster_ids = None
@@ -446,7 +527,8 @@ def _prepare_inputs(y_true, y_score, groups, threshold, patient_ids, attribute):
         _check_length(len(cluster_ids), n, "patient_ids")
         _check_no_missing(cluster_ids, "patient_ids")
         cluster_ids = pd.factorize(cluster_ids)[0]
-    return _layout(y, s, codes, names, float(threshold), cluster_ids), attribute
+    layout = _layout(y, s, encoded.codes, names, float(threshold), cluster_ids, counted)
+    return layout, encoded
 
 
 def _point(layout: _Layout) -> dict[str, Any]:
@@ -483,7 +565,7 @@ def group_metrics(
     >>> [float(df.loc["a", "tpr"]), float(df.loc["b", "fpr"]), float(df.loc["overall", "accuracy"])]
     [1.0, 1.0, 0.5]
     """
-    layout, _ = _prepare_inputs(y_true, y_score, groups, threshold, None, attribute)
+    layout, _ = _prepare_inputs(y_true, y_score, groups, threshold, None, attribute, include_unknown=True)
     point = _point(layout)
     names = layout.names
     rows = {name: {k: v[0, i] for k, v in point["groups"].items()} for i, name in enumerate(names)}
@@ -491,16 +573,19 @@ def group_metrics(
     return pd.DataFrame.from_dict(rows, orient="index")[["n", "n_pos", *GROUP_METRICS]]
 
 
-def gaps(table: pd.DataFrame) -> dict[str, float]:
+def gaps(table: pd.DataFrame, *, include_unknown: bool = False) -> dict[str, float]:
     """Gaps and worst-group values from a :func:`group_metrics` table (the ``overall`` row is ignored).
 
-    Undefined (NaN) group values are left out; a gap needs at least two defined groups.
+    Undefined (NaN) group values are left out; a gap needs at least two defined groups. Groups of an
+    unknown attribute (:func:`is_unknown_group`) are left out too, unless ``include_unknown``.
 
     >>> df = group_metrics([0, 1, 0, 1], [0.2, 0.9, 0.6, 0.4], groups=["a", "a", "b", "b"])
     >>> gaps(df)["eodds_max_gap"]
     1.0
     """
     rows = table.drop(index="overall", errors="ignore")
+    if not include_unknown:
+        rows = rows[[not is_unknown_group(name) for name in rows.index]]
     per_group = {
         key: rows[key].to_numpy(dtype=np.float64)[None, :]
         for key in ("selection_rate", "tpr", "fpr", "auc", "accuracy")
@@ -508,7 +593,7 @@ def gaps(table: pd.DataFrame) -> dict[str, float]:
     return {key: float(value[0]) for key, value in _gaps_from_groups(per_group).items()}
 
 
-def _undefined_warnings(point: dict[str, Any], names: list[str]) -> list[str]:
+def _undefined_warnings(point: dict[str, Any], names: list[str], counted: np.ndarray) -> list[str]:
     messages = []
     g = point["groups"]
     for i, name in enumerate(names):
@@ -522,9 +607,9 @@ def _undefined_warnings(point: dict[str, Any], names: list[str]) -> list[str]:
         if np.isnan(g["ppv"][0, i]):
             messages.append(f"group '{name}': no predicted positives at this threshold, ppv undefined")
     for key, source in (("auc_gap", "auc"), ("eopp_tpr_gap", "tpr"), ("eopp_fpr_gap", "fpr")):
-        left_out = [names[i] for i in np.flatnonzero(np.isnan(g[source][0]))]
+        left_out = [names[i] for i in np.flatnonzero(np.isnan(g[source][0]) & counted)]
         if left_out:
-            defined = len(names) - len(left_out)
+            defined = int(counted.sum()) - len(left_out)
             what = "undefined (fewer than 2 groups define it)" if defined < 2 else "computed without"
             messages.append(
                 f"{key}: {what} group(s) {', '.join(repr(x) for x in left_out)} ({source} undefined)"
@@ -566,6 +651,47 @@ def _block(point: dict[str, np.ndarray], boot: dict[str, np.ndarray] | None, col
     return out
 
 
+def degenerate_reason(overall: Mapping[str, Any]) -> str | None:
+    """Why the predictions are degenerate at the reported threshold, or ``None`` when they are not.
+
+    Degenerate: every prediction is the same class (selection rate 0 or 1), or the balanced accuracy
+    is at most 0.5 + :data:`CHANCE_TOLERANCE` (no better than a constant classifier). A gap of such
+    predictions is no sign of fairness: a constant classifier has every gap 0. The one detection
+    used by the audit, ``debias run`` and ``debias compare`` (tables, figures, JSON).
+
+    Parameters
+    ----------
+    overall
+        A report's ``overall`` block (``{"value": v}`` entries) or plain numbers, with
+        ``selection_rate`` and ``balanced_accuracy``.
+
+    >>> degenerate_reason({"selection_rate": 0.0, "balanced_accuracy": 0.5})
+    'constant predictions (all negative, balanced accuracy 0.500)'
+    >>> degenerate_reason({"selection_rate": 0.4, "balanced_accuracy": 0.5004})
+    'predictions no better than chance (balanced accuracy 0.500)'
+    >>> degenerate_reason({"selection_rate": {"value": 0.4}, "balanced_accuracy": {"value": 0.71}}) is None
+    True
+    """
+
+    def value(key: str) -> float:
+        entry = overall.get(key)
+        if isinstance(entry, Mapping):
+            entry = entry.get("value")
+        try:
+            return float(entry)
+        except (TypeError, ValueError):
+            return math.nan
+
+    rate, bacc = value("selection_rate"), value("balanced_accuracy")
+    shown = "undefined" if math.isnan(bacc) else f"{bacc:.3f}"
+    if rate == 0.0 or rate == 1.0:
+        side = "positive" if rate == 1.0 else "negative"
+        return f"constant predictions (all {side}, balanced accuracy {shown})"
+    if not math.isnan(bacc) and bacc <= 0.5 + CHANCE_TOLERANCE:
+        return f"predictions no better than chance (balanced accuracy {bacc:.3f})"
+    return None
+
+
 def fairness_report(
     y_true: Any,
     y_score: Any,
@@ -578,8 +704,14 @@ def fairness_report(
     seed: int = 0,
     attribute: str | None = None,
     min_group_size: int = 30,
+    include_unknown: bool = False,
 ) -> dict[str, Any]:
     """Every fairness metric with a percentile-bootstrap CI, in the ``metrics.json`` layout.
+
+    Rows whose attribute is unknown (the value ``"unknown"``, or missing) form their own group: it
+    is reported with every per-group metric and counts in ``overall``, but it is left out of the
+    gaps and worst-group values (``"excluded_from_gaps": true``) unless ``include_unknown``; an
+    intersection with any unknown part is left out the same way.
 
     Parameters
     ----------
@@ -589,7 +721,8 @@ def fairness_report(
         Scores (probability of the positive class) in [0, 1], shape (n,).
     groups
         Sensitive attribute(s): a 1-D array-like, or a DataFrame / mapping of several columns, whose
-        intersections become the groups (names ``attr=value`` joined by ``&``).
+        intersections become the groups (names ``attr=value`` joined by ``&``). A missing value is
+        read as ``"unknown"`` (one warning gives the count).
     threshold
         ŷ = 1[score ≥ threshold] for the thresholded metrics.
     patient_ids
@@ -605,26 +738,35 @@ def fairness_report(
     min_group_size
         Groups with fewer predictions are flagged ``"small": true`` and named in one warning;
         their numbers and CIs are still computed.
+    include_unknown
+        Count the unknown group in the gaps and worst-group values like any other group.
 
     Returns
     -------
     dict
-        ``task``, ``attribute``, ``threshold``, ``n_boot``, ``min_group_size``, ``overall``,
-        ``groups``, ``gaps``, ``warnings``. Every number is ``{"value": v, "ci": [lo, hi]}``
-        (undefined numbers are ``nan``); ``n`` and ``n_pos`` are plain counts; every group has
-        ``small``.
+        ``task``, ``attribute``, ``threshold``, ``n_boot``, ``min_group_size``, ``include_unknown``,
+        ``overall``, ``groups``, ``gaps``, ``degenerate``, ``warnings``. Every number is
+        ``{"value": v, "ci": [lo, hi]}`` (undefined numbers are ``nan``); ``n`` and ``n_pos`` are
+        plain counts; every group has ``small`` and ``excluded_from_gaps``. ``degenerate`` is
+        ``None``, or ``{"reason": ..., "balanced_accuracy": ..., "selection_rate": ...}`` when the
+        predictions are constant or no better than chance (:func:`degenerate_reason`; a warning
+        says so).
 
     Raises
     ------
     InputError
-        Non-binary labels, NaN or out-of-range scores, fewer than two groups, length mismatch,
-        empty input, or a bad ``n_boot`` / ``ci`` / ``threshold``.
+        Non-binary labels, NaN or out-of-range scores, fewer than two groups (fewer than two known
+        ones unless ``include_unknown``), length mismatch, empty input, or a bad ``n_boot`` /
+        ``ci`` / ``threshold``.
     """
     n_boot = check_n_boot(n_boot)
     if not isinstance(min_group_size, int | np.integer) or min_group_size < 1:
         raise InputError(f"min_group_size must be a positive integer, got {min_group_size!r}")
     quantiles = check_ci(ci)
-    layout, attribute = _prepare_inputs(y_true, y_score, groups, threshold, patient_ids, attribute)
+    layout, encoded = _prepare_inputs(
+        y_true, y_score, groups, threshold, patient_ids, attribute, include_unknown=bool(include_unknown)
+    )
+    attribute = encoded.attribute
     names = layout.names
     point = _point(layout)
     boot = _bootstrap(layout, n_boot, seed) if n_boot > 0 else None
@@ -633,15 +775,29 @@ def fairness_report(
     small = [
         f"'{name}' ({int(round(n))})" for name, n in zip(names, counts, strict=True) if n < min_group_size
     ]
-    warnings = (
-        [
+    warnings = [
+        f"group column '{column}': {count} missing value(s) read as '{UNKNOWN}'"
+        for column, count in encoded.missing
+    ]
+    excluded = [
+        f"'{name}' ({int(round(n))})"
+        for name, n, c in zip(names, counts, layout.counted, strict=True)
+        if not c
+    ]
+    if excluded:
+        warnings.append(
+            f"group(s) with an unknown attribute left out of the gaps and worst-group values: "
+            f"{', '.join(excluded)}; they are reported as their own row (include_unknown counts them)"
+        )
+    if small:
+        warnings.append(
             f"small group(s) with fewer than {min_group_size} predictions: {', '.join(small)}; their "
             "numbers and CIs rest on few predictions"
-        ]
-        if small
-        else []
-    )
-    warnings += _undefined_warnings(point, names)
+        )
+    degenerate = degenerate_reason({k: v[0] for k, v in point["overall"].items()})
+    if degenerate:
+        warnings.append(f"{degenerate}: the gaps of such predictions say nothing about fairness")
+    warnings += _undefined_warnings(point, names, layout.counted)
     if boot is not None:
         warnings += _replicate_warnings(point, boot, names, int(n_boot))
     for message in warnings:
@@ -652,17 +808,26 @@ def fairness_report(
         "threshold": float(threshold),
         "n_boot": int(n_boot),
         "min_group_size": int(min_group_size),
+        "include_unknown": bool(include_unknown),
         "overall": _block(point["overall"], None if boot is None else boot["overall"], None, quantiles),
         "groups": {
             name: {
                 **_block(point["groups"], None if boot is None else boot["groups"], i, quantiles),
                 "small": bool(counts[i] < min_group_size),
+                "excluded_from_gaps": not bool(layout.counted[i]),
             }
             for i, name in enumerate(names)
         },
         "gaps": {
             key: _entry(point["gaps"][key][0], None if boot is None else boot["gaps"][key], quantiles)
             for key in GAP_METRICS
+        },
+        "degenerate": None
+        if degenerate is None
+        else {
+            "reason": degenerate,
+            "balanced_accuracy": float(point["overall"]["balanced_accuracy"][0]),
+            "selection_rate": float(point["overall"]["selection_rate"][0]),
         },
         "warnings": warnings,
     }

@@ -49,25 +49,36 @@ __all__ = [
 
 log = logging.getLogger(__name__)
 
-DEFAULT_ATTRIBUTES = ("skin_tone", "fitzpatrick", "sex", "age_bin")
+DEFAULT_ATTRIBUTES = ("skin_tone", "fitzpatrick", "sex", "age_bin", "race")
+"""Attributes carried into prediction tables when a checkpoint does not record its own."""
 
 
 class DataSection(Config):
-    """Which dataset to read and how to feed it."""
+    """Which dataset to read and how to feed it.
 
-    dataset: str = "fitzpatrick17k"
+    ``image_size``, ``channels`` and ``attributes`` default to the dataset's registry entry
+    (:func:`trustmed.data.dataset_defaults`: e.g. 224 px, 1 channel, sex and age for chest X-rays);
+    a plain manifest's attributes are the attribute columns it has. ``external_fraction``: when the
+    dataset has no ``external`` split, that fraction of the training patients is carved into one
+    (:func:`trustmed.data.manifest.ensure_external`, seeded by the run's seed, never sharing a
+    patient with another split) and the splits are saved with the run (``splits.csv``); ``null``
+    carves nothing.
+    """
+
+    dataset: str = "synthskin"
     root: Path = Path("runs/synthskin")
     options: dict[str, Any] = {}
-    image_size: int = Field(32, ge=8)
-    channels: Literal[1, 3] = 3
+    image_size: int | None = Field(None, ge=8)
+    channels: Literal[1, 3] | None = None
     batch_size: int = Field(64, ge=1)
     augment: bool = True
     cache: bool | Literal["auto"] = "auto"
     num_workers: int = Field(0, ge=0)
     skip_bad_images: bool = False
-    attributes: list[str] = list(DEFAULT_ATTRIBUTES)
+    attributes: list[str] | None = None
     train_split: str = "train"
     val_split: str = "val"
+    external_fraction: float | None = Field(0.05, gt=0, le=0.5)
 
 
 class OptimSection(Config):
@@ -84,12 +95,15 @@ class OptimSection(Config):
 class TrainConfig(Config):
     """``trustmed train`` config: data, model, optimiser, loss and seed.
 
-    ``model.image_size`` and ``model.in_channels`` follow ``data`` unless set explicitly (then
-    they must agree).
+    What is not given comes from the dataset's registry entry (image size, channels, attributes,
+    and the architecture when ``model`` is not given). ``model.image_size`` and
+    ``model.in_channels`` follow ``data`` unless set explicitly (then they must agree). ``model``
+    may name a registered architecture or a ``factory`` (any torch module), and start from
+    ``init_weights`` (a pretrained state dict) or ``weights`` (:class:`~trustmed.models.ModelSpec`).
     """
 
     data: DataSection = DataSection()
-    model: ModelSpec = Field(default_factory=lambda: ModelSpec(arch="tiny_cnn", width=16))
+    model: ModelSpec = Field(default_factory=ModelSpec)
     optim: OptimSection = OptimSection()
     loss: Literal["bce", "weighted_bce"] = "bce"
     mixed_precision: Literal["auto", "no", "fp16", "bf16"] = "auto"
@@ -99,6 +113,19 @@ class TrainConfig(Config):
 
     @model_validator(mode="after")
     def _sync_model(self) -> TrainConfig:
+        from trustmed.data import dataset_defaults
+
+        defaults = dataset_defaults(self.data.dataset)
+        filled = {
+            key: defaults.get(key, fallback)
+            for key, fallback in (("image_size", 224), ("channels", 3), ("attributes", None))
+            if getattr(self.data, key) is None
+        }
+        if filled:
+            object.__setattr__(self, "data", self.data.model_copy(update=filled))
+        if "arch" not in self.model.model_fields_set and self.model.factory is None:
+            arch = defaults.get("arch", "resnet18")
+            object.__setattr__(self, "model", self.model.model_copy(update={"arch": arch}))
         explicit = self.model.model_fields_set
         update = {}
         for key, value in (("image_size", self.data.image_size), ("in_channels", self.data.channels)):
@@ -221,6 +248,78 @@ def prediction_table(
     return table[table["score"].notna()].reset_index(drop=True)
 
 
+def read_training_data(data: DataSection, seed: int) -> pd.DataFrame:
+    """The dataset of a training config, with the external split carved when it has none."""
+    from trustmed.data.manifest import ensure_external
+
+    manifest = load_dataset(data.dataset, data.root, **data.options)
+    if data.external_fraction is None or "external" in set(manifest["split"].astype(str)):
+        return manifest
+    from trustmed.data import dataset_defaults
+
+    first = (data.attributes or dataset_defaults(data.dataset).get("attributes") or [None])[:1]
+    try:
+        return ensure_external(
+            manifest,
+            fraction=data.external_fraction,
+            seed=seed,
+            source=data.train_split,
+            what=f"{data.dataset} ({data.root})",
+            stratify=("label", *[a for a in first if a in manifest.columns]),
+        )
+    except InputError as exc:
+        raise InputError(
+            f"{exc}; set data.external_fraction: null to train without an external split"
+        ) from None
+
+
+def dataset_of_checkpoint(
+    checkpoint_dir: str | Path | None,
+    metadata: dict[str, Any],
+    *,
+    dataset: str,
+    root: str | Path,
+    options: dict[str, Any] | None = None,
+    attribute: str | None = None,
+) -> pd.DataFrame:
+    """Dataset ``dataset`` at ``root``, split as the checkpoint's training run split it.
+
+    ``options`` default to the training run's when it used the same dataset. When the run saved
+    its splits (``splits.csv`` in ``checkpoint_dir``) for this dataset and options, they are
+    re-applied; a dataset still without an ``external`` split then gets one carved as training
+    would carve it (:func:`read_training_data`: the run's ``external_fraction``, default 0.05, and
+    seed), so that a model trained elsewhere is debiased on patients disjoint from every other split.
+    """
+    from trustmed.data.manifest import apply_split_table, ensure_external
+    from trustmed.io import read_csv
+
+    config = metadata.get("config", {})
+    data_cfg = config.get("data", {})
+    trained = dict(data_cfg.get("options", {})) if data_cfg.get("dataset") == dataset else None
+    options = trained if options is None and trained is not None else dict(options or {})
+    manifest = load_dataset(dataset, root, **options)
+    saved = Path(checkpoint_dir) / "splits.csv" if checkpoint_dir is not None else None
+    if saved is not None and trained == options and saved.is_file():
+        table = read_csv(
+            saved, required=("sample_id", "split"), what="saved splits", dtype={"sample_id": str}
+        )
+        manifest = apply_split_table(
+            manifest.assign(sample_id=manifest["sample_id"].astype(str)), table, what=str(saved)
+        )
+    fraction = data_cfg.get("external_fraction", 0.05) if "data" in config else 0.05
+    if fraction is not None and "external" not in set(manifest["split"].astype(str)):
+        attrs = [attribute] if attribute else list(data_cfg.get("attributes") or [])[:1]
+        manifest = ensure_external(
+            manifest,
+            fraction=fraction,
+            seed=int(config.get("seed", 0)),
+            source=data_cfg.get("train_split", "train"),
+            what=f"{dataset} ({root})",
+            stratify=("label", *[a for a in attrs if a in manifest.columns]),
+        )
+    return manifest
+
+
 def _split(manifest: pd.DataFrame, name: str, role: str) -> pd.DataFrame:
     part = manifest[manifest["split"] == name].reset_index(drop=True)
     if part.empty:
@@ -258,7 +357,17 @@ def train_classifier(
     out = Path(out_dir)
     ckpt = Path(checkpoint_dir) if checkpoint_dir is not None else out / "checkpoints"
     seed_everything(cfg.seed)
-    manifest = load_dataset(cfg.data.dataset, cfg.data.root, **cfg.data.options)
+    manifest = read_training_data(cfg.data, cfg.seed)
+    from trustmed.data import dataset_defaults
+    from trustmed.data.manifest import attribute_columns
+
+    defaults = dataset_defaults(cfg.data.dataset).get("attributes")
+    if cfg.data.attributes is None or cfg.data.attributes == defaults:
+        # the dataset's own attributes, plus those this copy of it has (CheXpert's race with the
+        # demographics file)
+        found = [c for c in attribute_columns(manifest) if c not in (cfg.data.attributes or [])]
+        attributes = [*(cfg.data.attributes or []), *found]
+        cfg = cfg.model_copy(update={"data": cfg.data.model_copy(update={"attributes": attributes})})
     missing = [a for a in cfg.data.attributes if a not in manifest.columns]
     if missing:
         raise InputError(
@@ -359,6 +468,9 @@ def train_classifier(
     out.mkdir(parents=True, exist_ok=True)
     save_checkpoint(model, spec, out, config=cfg.model_dump(mode="json"), training=training)
     write_json(out / "history.json", {"history": result.history, **training})
+    from trustmed.data.manifest import split_table
+
+    split_table(manifest).to_csv(out / "splits.csv", index=False)
     predictions = {}
     scores = predict_scores(
         model,
@@ -401,11 +513,9 @@ def predictions_for_checkpoint(
     """
     model, spec, metadata = load_checkpoint(checkpoint_dir)
     data_cfg = metadata.get("config", {}).get("data", {})
-    if options is None:
-        options = dict(data_cfg.get("options", {})) if data_cfg.get("dataset") == dataset else {}
     if attributes is None:
-        attributes = data_cfg.get("attributes", list(DEFAULT_ATTRIBUTES))
-    manifest = load_dataset(dataset, root, **options)
+        attributes = data_cfg.get("attributes") or list(DEFAULT_ATTRIBUTES)
+    manifest = dataset_of_checkpoint(checkpoint_dir, metadata, dataset=dataset, root=root, options=options)
     if split is not None:
         if split not in set(manifest["split"]):
             raise InputError(
