@@ -292,9 +292,10 @@ def build_model(spec: ModelSpec | dict[str, Any], *, load_weights: bool = True) 
     if isinstance(spec, dict):
         spec = ModelSpec(**spec)
     extractor, own_head, n_features = _extractor(spec)
-    head = own_head if own_head is not None else nn.Linear(n_features, spec.n_outputs)
-    if own_head is not None and spec.forks:
-        head = nn.Linear(n_features, own_head.out_features)
+    if own_head is not None and not spec.forks:
+        head = own_head
+    else:  # a registered architecture, or a forked extractor (wider features, same outputs)
+        head = nn.Linear(n_features, own_head.out_features if own_head is not None else spec.n_outputs)
     names = spec.output_names
     if names is not None and len(names) != head.out_features:
         raise InputError(

@@ -248,24 +248,41 @@ def prediction_table(
     return table[table["score"].notna()].reset_index(drop=True)
 
 
-def read_training_data(data: DataSection, seed: int) -> pd.DataFrame:
-    """The dataset of a training config, with the external split carved when it has none."""
+def _with_external(
+    manifest: pd.DataFrame,
+    fraction: float | None,
+    *,
+    seed: int,
+    source: str,
+    attribute: str | None,
+    what: str,
+) -> pd.DataFrame:
+    """``manifest`` with an external split carved from ``source``'s patients when it has none
+    (stratified by label and ``attribute``); unchanged when it has one or ``fraction`` is None."""
     from trustmed.data.manifest import ensure_external
 
-    manifest = load_dataset(data.dataset, data.root, **data.options)
-    if data.external_fraction is None or "external" in set(manifest["split"].astype(str)):
+    if fraction is None or "external" in set(manifest["split"].astype(str)):
         return manifest
+    by = [attribute] if attribute is not None and attribute in manifest.columns else []
+    return ensure_external(
+        manifest, fraction=fraction, seed=seed, source=source, what=what, stratify=("label", *by)
+    )
+
+
+def read_training_data(data: DataSection, seed: int) -> pd.DataFrame:
+    """The dataset of a training config, with the external split carved when it has none."""
     from trustmed.data import dataset_defaults
 
-    first = (data.attributes or dataset_defaults(data.dataset).get("attributes") or [None])[:1]
+    manifest = load_dataset(data.dataset, data.root, **data.options)
+    first = (data.attributes or dataset_defaults(data.dataset).get("attributes") or [None])[0]
     try:
-        return ensure_external(
+        return _with_external(
             manifest,
-            fraction=data.external_fraction,
+            data.external_fraction,
             seed=seed,
             source=data.train_split,
+            attribute=first,
             what=f"{data.dataset} ({data.root})",
-            stratify=("label", *[a for a in first if a in manifest.columns]),
         )
     except InputError as exc:
         raise InputError(
@@ -290,7 +307,7 @@ def dataset_of_checkpoint(
     would carve it (:func:`read_training_data`: the run's ``external_fraction``, default 0.05, and
     seed), so that a model trained elsewhere is debiased on patients disjoint from every other split.
     """
-    from trustmed.data.manifest import apply_split_table, ensure_external
+    from trustmed.data.manifest import apply_split_table
     from trustmed.io import read_csv
 
     config = metadata.get("config", {})
@@ -307,17 +324,14 @@ def dataset_of_checkpoint(
             manifest.assign(sample_id=manifest["sample_id"].astype(str)), table, what=str(saved)
         )
     fraction = data_cfg.get("external_fraction", 0.05) if "data" in config else 0.05
-    if fraction is not None and "external" not in set(manifest["split"].astype(str)):
-        attrs = [attribute] if attribute else list(data_cfg.get("attributes") or [])[:1]
-        manifest = ensure_external(
-            manifest,
-            fraction=fraction,
-            seed=int(config.get("seed", 0)),
-            source=data_cfg.get("train_split", "train"),
-            what=f"{dataset} ({root})",
-            stratify=("label", *[a for a in attrs if a in manifest.columns]),
-        )
-    return manifest
+    return _with_external(
+        manifest,
+        fraction,
+        seed=int(config.get("seed", 0)),
+        source=data_cfg.get("train_split", "train"),
+        attribute=attribute or (list(data_cfg.get("attributes") or []) or [None])[0],
+        what=f"{dataset} ({root})",
+    )
 
 
 def _split(manifest: pd.DataFrame, name: str, role: str) -> pd.DataFrame:
