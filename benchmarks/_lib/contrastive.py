@@ -47,6 +47,7 @@ from torch import nn
 
 from trustmed.config import Config
 from trustmed.errors import InputError
+from trustmed.grounding.device import DeviceName, Precision
 from trustmed.grounding.heatmaps import CropInfo, ground_in_batches, minmax, resize_and_crop
 
 __all__ = [
@@ -83,6 +84,10 @@ class ContrastiveConfig(Config):
     attention_scale : sharpness of the word-to-patch attention (GLoRIA's γ1).
     aggregation_scale : sharpness of the log-sum-exp pooling over words (GLoRIA's γ2).
     threads : torch CPU threads.
+    device : where to train (``auto``, ``cpu``, ``cuda``;
+        :func:`~trustmed.grounding.device.resolve_device`); the trained model is returned on the CPU.
+    precision : accelerate's mixed precision of the training (``fp32``: none; ``bf16``; ``fp16``,
+        on a GPU only); the weights are float32 either way.
     """
 
     seed: int = 0
@@ -103,6 +108,8 @@ class ContrastiveConfig(Config):
     attention_scale: float = Field(4.0, gt=0)
     aggregation_scale: float = Field(5.0, gt=0)
     threads: int = Field(1, ge=1)
+    device: DeviceName = "auto"
+    precision: Precision = "fp32"
 
     @model_validator(mode="after")
     def _check_geometry(self) -> ContrastiveConfig:
@@ -410,11 +417,12 @@ def train_contrastive(cfg: ContrastiveConfig, table) -> tuple[ContrastiveModel, 
     Returns
     -------
     model, summary
-        The model in eval mode on the CPU, and ``{"history", "wall_time_s", "parameters",
-        "n_images", "n_pairs"}``.
+        The model in eval mode on the CPU in float32 (wherever it trained), and ``{"history",
+        "wall_time_s", "parameters", "n_images", "n_pairs"}``.
     """
+    from trustmed.grounding.device import accelerator_on, check_precision, mixed_precision, resolve_device
     from trustmed.grounding.train_ldm import prepare_images
-    from trustmed.train import fit, make_accelerator
+    from trustmed.train import fit
     from trustmed.utils import seed_everything
 
     missing = [c for c in ("path", "text") if c not in getattr(table, "columns", [])]
@@ -422,6 +430,8 @@ def train_contrastive(cfg: ContrastiveConfig, table) -> tuple[ContrastiveModel, 
         raise InputError(f"training table: columns {', '.join(missing)} not found")
     if len(table) < 2:
         raise InputError(f"training table: {len(table)} rows; expected at least 2 (image, sentence) pairs")
+    device = resolve_device(cfg.device)
+    check_precision(device, cfg.precision)
     torch.set_num_threads(cfg.threads)
     seed_everything(cfg.seed)
     t0 = time.perf_counter()
@@ -453,7 +463,8 @@ def train_contrastive(cfg: ContrastiveConfig, table) -> tuple[ContrastiveModel, 
 
     optimizer = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
     scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=cfg.epochs)
-    accelerator = make_accelerator(cpu=True)
+    accelerator = accelerator_on(device, mixed_precision(cfg.precision))
+    images = images.to(accelerator.device)  # indexed by each batch's image indices, on that device
     log.info("contrastive training on %d images (%d sentences)", len(paths), len(table))
     result = fit(
         model,
@@ -465,7 +476,7 @@ def train_contrastive(cfg: ContrastiveConfig, table) -> tuple[ContrastiveModel, 
         scheduler=scheduler,
         description="contrastive",
     )
-    model = accelerator.unwrap_model(model).cpu().eval()
+    model = accelerator.unwrap_model(model).to("cpu", torch.float32).eval()
     summary = {
         "history": result.history,
         "wall_time_s": time.perf_counter() - t0,
@@ -542,9 +553,13 @@ class ContrastiveGrounder:
         enc, _ = tokenize_phrases(self.model.tokenizer, list(phrases))
         was_training = self.model.training
         self.model.eval()
+        device = next(self.model.parameters()).device  # the model's device; the maps come back to the CPU
         coarse = self.model.similarity_maps(
-            torch.stack([p[0] for p in prepared]), enc["input_ids"], enc["attention_mask"]
+            torch.stack([p[0] for p in prepared]).to(device),
+            enc["input_ids"].to(device),
+            enc["attention_mask"].to(device),
         )
+        coarse = coarse.to("cpu", torch.float32)
         self.model.train(was_training)
         heat = F.interpolate(coarse[:, None], size=(size, size), mode="bilinear", align_corners=False)[:, 0]
         return minmax(heat), [p[1] for p in prepared]

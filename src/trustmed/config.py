@@ -175,7 +175,8 @@ def apply_values(
             node = node.setdefault(part, {})
         node[parts[-1]] = value
     try:
-        return type(cfg).model_validate(apply_overrides(cfg.model_dump(), nested))
+        # only the keys set so far, so that what was never set stays unset (a preset may fill it)
+        return type(cfg).model_validate(apply_overrides(cfg.model_dump(exclude_unset=True), nested))
     except ValidationError as err:
         first = err.errors()[0]
         key = ".".join(str(p) for p in first["loc"])

@@ -1,9 +1,9 @@
 """``trustmed ground``: phrase grounding with an LDM's cross-attention.
 
 ``ground run`` grounds one phrase in one image, ``ground eval`` scores a dataset, ``ground tune``
-learns an anatomy-grounded prompt (``--prompt-tuning DIR`` applies it) and ``ground train-ldm``
-trains the tiny SynthCXR LDM. Each parses its options and calls one function of
-:mod:`trustmed.grounding.pipeline`.
+learns an anatomy-grounded prompt (``--prompt-tuning DIR`` applies it), ``ground train-ldm``
+trains the tiny SynthCXR LDM and ``ground describe`` prints what a run would do on a model. Each
+parses its options and calls one function of :mod:`trustmed.grounding.pipeline`.
 """
 
 from __future__ import annotations
@@ -13,9 +13,9 @@ from typing import Annotated
 
 import typer
 
-from trustmed.commands.common import config_command, console
+from trustmed.commands.common import ConfigOpt, SetOpt, cli_command, config_command, console, load
 
-__all__ = ["run_cmd", "eval_cmd", "tune_cmd", "train_ldm_cmd", "register"]
+__all__ = ["run_cmd", "describe_cmd", "eval_cmd", "tune_cmd", "train_ldm_cmd", "register"]
 
 ModelOpt = Annotated[
     str | None,
@@ -55,6 +55,31 @@ def run_cmd(
         console().print(f"heatmap → {out / 'heatmap.npy'}, overlay → {out / 'overlay.png'}")
 
 
+@cli_command
+def describe_cmd(
+    model: ModelOpt = None,
+    config: ConfigOpt = None,
+    set_: SetOpt = None,
+    prompt_tuning: PromptOpt = None,
+):
+    """Print, as JSON, what grounding will run on a model: resolved layers (index, name, resolution),
+    timesteps and recorded band, token set, text mask, channels, device. Check it before a long run;
+    --config takes a ground run or ground eval config (its model, prompt_tuning and grounding keys).
+
+    Example: trustmed ground describe --model tiny
+    """
+    import json
+    import sys
+
+    from trustmed.grounding.pipeline import GroundDescribeConfig, describe_model
+
+    flags = {"model": model, "prompt_tuning": prompt_tuning}
+    cfg = load(
+        GroundDescribeConfig, config, set_, flags=flags, flag_names={"prompt_tuning": "--prompt-tuning"}
+    )
+    sys.stdout.write(json.dumps(describe_model(cfg), indent=2) + "\n")
+
+
 @config_command(
     f"{PIPELINE}:GroundEvalConfig",
     out="runs/ground_eval",
@@ -79,9 +104,10 @@ def eval_cmd(
     Example: trustmed ground eval --out runs/ground_eval
     """
     from trustmed.grounding.pipeline import METRICS, evaluate_grounding
+    from trustmed.outdir import is_main_process
 
     summary = evaluate_grounding(cfg, out)
-    if not quiet:
+    if not quiet and is_main_process():
         c = console()
         for metric in METRICS:
             m = summary["overall"][metric]
@@ -152,12 +178,13 @@ def train_ldm_cmd(cfg, out: Path, quiet: bool):
 
 
 def register(app: typer.Typer) -> None:
-    """Add the ``ground`` group (``run``, ``eval``, ``tune``, ``train-ldm``) to ``app``."""
+    """Add the ``ground`` group (``run``, ``describe``, ``eval``, ``tune``, ``train-ldm``) to ``app``."""
     group = typer.Typer(
-        help="Phrase grounding with an LDM's cross-attention: run, eval, tune, train-ldm.",
+        help="Phrase grounding with an LDM's cross-attention: run, describe, eval, tune, train-ldm.",
         no_args_is_help=True,
     )
     group.command("run")(run_cmd)
+    group.command("describe")(describe_cmd)
     group.command("eval")(eval_cmd)
     group.command("tune")(tune_cmd)
     group.command("train-ldm")(train_ldm_cmd)

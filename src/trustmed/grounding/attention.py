@@ -137,8 +137,9 @@ class AttentionRecorder:
     layers
         Which cross-attention layers to keep: ``"all"``; ``"bottleneck"`` (the layers at the smallest
         spatial resolution seen, i.e. around the middle block); an ``int`` resolution (layers whose
-        feature map is that many pixels high); or a list of layer names / glob patterns
-        (see :func:`cross_attention_layers`).
+        feature map is that many pixels high); a list of layer names / glob patterns
+        (see :func:`cross_attention_layers`); or a list of ``int`` indices into that list (the
+        zero-shot paper's code selects layers 3, 4, 6 and 7 of the chest X-ray LDM this way).
     keep_graph
         Keep the recorded tensors in the autograd graph (for losses on the attention); otherwise they
         are detached.
@@ -182,6 +183,14 @@ class AttentionRecorder:
         ):
             return names
         patterns = [self.layers] if isinstance(self.layers, str) else list(self.layers)
+        if patterns and all(isinstance(p, int) and not isinstance(p, bool) for p in patterns):
+            bad = [p for p in patterns if not 0 <= p < len(names)]
+            if bad:
+                raise InputError(
+                    f"layers={self.layers!r}: index {bad[0]} out of range; the model has {len(names)} "
+                    f"cross-attention layers ({', '.join(names)})"
+                )
+            return [names[p] for p in sorted(set(patterns))]
         chosen = [n for n in names if any(fnmatch.fnmatchcase(n, p) or n == p for p in patterns)]
         if not chosen:
             raise InputError(

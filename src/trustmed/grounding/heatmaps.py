@@ -87,10 +87,18 @@ def resize_and_crop(
 
 
 def ground_in_batches(
-    crop_heatmaps, images: list, phrases: list[str], *, batch_size: int, sigma: float, otsu: bool
+    crop_heatmaps,
+    images: list,
+    phrases: list[str],
+    *,
+    batch_size: int,
+    sigma: float,
+    otsu: bool,
+    border: str = "nearest",
 ) -> tuple[list[np.ndarray], dict]:
     """Run ``crop_heatmaps(images, phrases) -> (maps, crop infos)`` batch by batch, then post-process
-    (Gaussian filter, Otsu) and undo each crop; return the heatmaps and the timing."""
+    (Gaussian filter with ``border`` mode, Otsu) and undo each crop; return the heatmaps and the
+    timing."""
     if len(images) != len(phrases):
         raise InputError(f"{len(images)} images but {len(phrases)} phrases; expected one phrase per image")
     t0 = time.perf_counter()
@@ -98,8 +106,8 @@ def ground_in_batches(
     bs = max(1, int(batch_size))
     for start in range(0, len(images), bs):
         heat, infos = crop_heatmaps(list(images[start : start + bs]), list(phrases[start : start + bs]))
-        for h, info in zip(heat.numpy(), infos, strict=True):
-            out.append(uncrop(postprocess(h, sigma=sigma, otsu=otsu), info))
+        for h, info in zip(heat.float().cpu().numpy(), infos, strict=True):
+            out.append(uncrop(postprocess(h, sigma=sigma, otsu=otsu, border=border), info))
     total = time.perf_counter() - t0
     return out, {"total": total, "pairs": len(images), "seconds_per_pair": total / max(len(images), 1)}
 
@@ -137,7 +145,8 @@ def aggregate_maps(
     w = token_weights / token_weights.sum(dim=1, keepdim=True).clamp_min(1e-12)
     total = None
     for m in chosen:
-        per_token = m.probs.mean(dim=1)  # (B, h, w, T)
+        per_token = m.probs.float().mean(dim=1)  # (B, h, w, T)
+        w = w.to(per_token.device)
         heat = torch.einsum("bhwt,bt->bhw", per_token, w.to(per_token.dtype))
         heat = F.interpolate(minmax(heat)[:, None], size=(size, size), mode="bilinear", align_corners=False)[
             :, 0
@@ -146,14 +155,16 @@ def aggregate_maps(
     return total / len(chosen)
 
 
-def smooth(heat: np.ndarray, sigma: float) -> np.ndarray:
-    """Gaussian filter of each (…, H, W) map with ``sigma`` pixels (no-op for sigma ≤ 0)."""
+def smooth(heat: np.ndarray, sigma: float, border: str = "nearest") -> np.ndarray:
+    """Gaussian filter of each (…, H, W) map with ``sigma`` pixels (no-op for sigma ≤ 0); ``border`` is
+    scipy's mode at the edges (``nearest`` repeats the edge pixel, ``reflect`` mirrors, as the
+    zero-shot paper's code does)."""
     from scipy.ndimage import gaussian_filter
 
     if sigma <= 0:
         return heat
     sig = [0.0] * (heat.ndim - 2) + [sigma, sigma]
-    return gaussian_filter(heat, sigma=sig, mode="nearest")
+    return gaussian_filter(heat, sigma=sig, mode=border)
 
 
 def otsu_mask(heat: np.ndarray) -> np.ndarray:
@@ -170,9 +181,9 @@ def _minmax_np(x: np.ndarray) -> np.ndarray:
     return (x - lo) / (hi - lo) if hi > lo else np.zeros_like(x)
 
 
-def postprocess(heat: np.ndarray, *, sigma: float, otsu: bool = True) -> np.ndarray:
+def postprocess(heat: np.ndarray, *, sigma: float, otsu: bool = True, border: str = "nearest") -> np.ndarray:
     """Gaussian filter, min-max, then (optionally) keep ``H · (H > otsu)`` for one (H, W) map."""
-    heat = _minmax_np(smooth(np.asarray(heat, dtype=np.float64), sigma))
+    heat = _minmax_np(smooth(np.asarray(heat, dtype=np.float64), sigma, border))
     return heat * otsu_mask(heat) if otsu else heat
 
 

@@ -19,6 +19,7 @@ from typing import Literal
 
 import numpy as np
 import pandas as pd
+from pydantic import ConfigDict
 
 from trustmed.config import Config, NBoot
 from trustmed.errors import InputError
@@ -29,6 +30,7 @@ from trustmed.grounding.zero_shot import GroundingConfig
 __all__ = [
     "METRICS",
     "GroundRunConfig",
+    "GroundDescribeConfig",
     "EvalData",
     "GroundEvalConfig",
     "TuneData",
@@ -38,6 +40,7 @@ __all__ = [
     "ldm_folder",
     "load_prompt",
     "ground_image",
+    "describe_model",
     "evaluate_maps",
     "load_eval_table",
     "evaluate_grounding",
@@ -135,6 +138,25 @@ def load_prompt(path: str | Path | None):
     return TunedPrompt.load(path)
 
 
+class GroundDescribeConfig(GroundRunConfig):
+    """Config of :func:`describe_model`: the ``model``, ``prompt_tuning`` and ``grounding`` keys of a
+    ``ground run`` or ``ground eval`` config (its other top-level keys are ignored)."""
+
+    model_config = ConfigDict(extra="ignore")
+
+
+def describe_model(cfg: GroundRunConfig) -> dict:
+    """What ``ground run``/``ground eval`` with ``cfg.grounding`` would run on ``cfg.model``
+    (:func:`~trustmed.grounding.zero_shot.describe`): resolved layers, timesteps, band, token set,
+    text mask, channels. Loads the model and makes one UNet call."""
+    from trustmed.grounding.ldm import load_ldm
+    from trustmed.grounding.zero_shot import describe
+
+    ldm = load_ldm(ldm_folder(cfg.model))
+    grounding = cfg.grounding.model_copy(update={"seed": cfg.seed})
+    return describe(ldm, grounding, prompt=load_prompt(cfg.prompt_tuning))
+
+
 def ground_image(cfg: GroundRunConfig, out: str | Path) -> dict:
     """Ground ``cfg.text`` in ``cfg.image``: writes ``heatmap.npy`` (NaN outside the field of view),
     ``overlay.png`` and ``run.json`` into ``out``; returns the run record."""
@@ -221,12 +243,13 @@ def load_eval_table(data: EvalData, seed: int, work: str | Path) -> pd.DataFrame
     return table.head(data.limit) if data.limit else table
 
 
-def _cases(table: pd.DataFrame, heatmaps: list[np.ndarray], scores: pd.DataFrame, n: int) -> list[dict]:
-    """The ``n`` best and ``n`` worst pairs by mIoU, as :func:`~.heatmaps.plot_cases` draws them."""
+def _cases(table: pd.DataFrame, heatmaps, scores: pd.DataFrame, n: int) -> list[dict]:
+    """The ``n`` best and ``n`` worst pairs by mIoU (``heatmaps[i]``: row i's map), as
+    :func:`~.heatmaps.plot_cases` draws them."""
     from trustmed.data.mscxr import read_image
+    from trustmed.grounding.distributed import case_rows
 
-    order = scores["miou"].fillna(-1).to_numpy().argsort()
-    picks = [*order[::-1][:n], *order[:n]]
+    picks = case_rows(scores, n)
     return [
         {
             "image": read_image(table.path.iloc[i]),
@@ -251,21 +274,32 @@ def _class_rows(summary: dict) -> pd.DataFrame:
 
 def evaluate_grounding(cfg: GroundEvalConfig, out: str | Path) -> dict:
     """Ground every pair of a dataset and score it: writes ``pairs.csv``, ``classes.csv``,
-    ``metrics.json`` and ``cases.png`` into ``out``; returns the metrics."""
+    ``metrics.json`` and ``cases.png`` into ``out``; returns the metrics.
+
+    Under ``torchrun`` / ``accelerate launch`` the pairs are sharded over the processes
+    (:func:`~trustmed.grounding.distributed.evaluate_table_distributed`) with the results of one
+    process; every process returns the metrics, only the main one writes ``out``."""
+    from trustmed.grounding.distributed import evaluate_table_distributed, process_state
     from trustmed.grounding.heatmaps import plot_cases
     from trustmed.grounding.ldm import load_ldm
-    from trustmed.grounding.zero_shot import ZeroShotGrounder, ground_table
+    from trustmed.grounding.zero_shot import ZeroShotGrounder
     from trustmed.io import write_json
-    from trustmed.outdir import staged_dir
+    from trustmed.outdir import is_main_process, staged_dir
 
+    # under torchrun / accelerate launch: join the process group (and pick this process's device)
+    # before the model is loaded; the rows are sharded over the processes, results are the same
+    process_state()
     ldm = load_ldm(ldm_folder(cfg.model))
     prompt = load_prompt(cfg.prompt_tuning)
     with tempfile.TemporaryDirectory() as work:
         table = load_eval_table(cfg.data, cfg.seed, work)
         grounder = ZeroShotGrounder(ldm, cfg.grounding.model_copy(update={"seed": cfg.seed}), prompt=prompt)
-        heatmaps = ground_table(grounder, table)
-        scores, summary = evaluate_maps(table, heatmaps, n_boot=cfg.n_boot, seed=cfg.seed)
-        cases = _cases(table, heatmaps, scores, cfg.n_cases)
+        result = evaluate_table_distributed(
+            grounder, table, metrics=METRICS, n_boot=cfg.n_boot, seed=cfg.seed, n_cases=cfg.n_cases
+        )
+        scores, summary = result.scores, result.summary
+        # the main process holds the maps of the cases (the others hold none and write nothing)
+        cases = _cases(table, result.case_maps, scores, cfg.n_cases) if is_main_process() else []
     summary.update(
         {
             "dataset": cfg.data.dataset,
@@ -274,6 +308,8 @@ def evaluate_grounding(cfg: GroundEvalConfig, out: str | Path) -> dict:
             "timing": grounder.timing_,
         }
     )
+    if not is_main_process():  # every process returns the same summary; only the main one writes --out
+        return summary
     with staged_dir(out) as tmp:
         scores.to_csv(tmp / "pairs.csv", index=False)
         _class_rows(summary).to_csv(tmp / "classes.csv", index=False)

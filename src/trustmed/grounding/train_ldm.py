@@ -1,4 +1,4 @@
-"""Train a tiny text-conditioned latent diffusion model on SynthCXR, on a CPU.
+"""Train a tiny text-conditioned latent diffusion model on SynthCXR (on a CPU, or a GPU).
 
 The architecture family is the one of the MONAI model-zoo chest X-ray LDM used for zero-shot
 grounding (Vilouras et al., arXiv 2404.12920; Pinaya et al., "Brain Imaging Generation with Latent
@@ -7,7 +7,10 @@ Diffusion Models", arXiv 2209.07162): a MONAI ``AutoencoderKL`` (L1 + KL), then 
 loss and 10 % of captions dropped (so the empty prompt is a valid unconditional input). Everything
 is scaled down (64² images, 16² latents, cross-attention at 8²) and the text encoder, a small
 ``transformers`` CLIP with a word-level tokenizer over the SynthCXR vocabulary, is trained with the
-UNet. Both stages run through :func:`trustmed.train.fit`.
+UNet. Both stages run through :func:`trustmed.train.fit`, on ``device`` with accelerate's mixed
+``precision`` (:mod:`trustmed.grounding.device`); timesteps and noise are drawn on the CPU, so a seed
+draws the same ones on every device, and the saved model is float32 weights from the CPU (stored as
+float16, as before).
 """
 
 from __future__ import annotations
@@ -25,14 +28,23 @@ from torch import nn
 
 from trustmed.config import Config
 from trustmed.errors import InputError
+from trustmed.grounding.device import DeviceName, Precision
 
 __all__ = ["TinyLDMConfig", "train_tiny_ldm", "prepare_images", "captions_by_image"]
 
 log = logging.getLogger(__name__)
 
+TEXT_ATTENTION_MASK = True
+"""The text encoder is trained with the captions' padding mask (recorded in ``inference.json``)."""
+
 
 class TinyLDMConfig(Config):
-    """Settings of :func:`train_tiny_ldm` (defaults produced the shipped model)."""
+    """Settings of :func:`train_tiny_ldm` (defaults produced the shipped model).
+
+    ``device`` (``auto``, ``cpu``, ``cuda``; :func:`~trustmed.grounding.device.resolve_device`) is
+    where both stages train; ``precision`` is accelerate's mixed precision (``fp32``: none;
+    ``bf16``; ``fp16``, on a GPU only, with loss scaling); the weights are float32 either way.
+    """
 
     seed: int = 0
     n_images: int = 2500
@@ -59,6 +71,8 @@ class TinyLDMConfig(Config):
     beta_end: float = 0.0205
     prediction_type: str = "v_prediction"
     threads: int = 2
+    device: DeviceName = "auto"
+    precision: Precision = "fp32"
 
     @model_validator(mode="after")
     def _check_attention_levels(self):
@@ -88,16 +102,22 @@ def captions_by_image(table) -> tuple[list[str], list[list[str]]]:
 
 
 class _TextUNet(nn.Module):
+    """The UNet and the text encoder trained with it; its forward pass is the UNet's prediction."""
+
     def __init__(self, unet: nn.Module, text_encoder: nn.Module):
         super().__init__()
         self.unet = unet
         self.text_encoder = text_encoder
 
+    def forward(self, zt, t, input_ids, attention_mask):
+        context = self.text_encoder(input_ids=input_ids, attention_mask=attention_mask)
+        return self.unet(zt, timesteps=t, context=context.last_hidden_state)
+
 
 def _ae_loss(kl_weight):
     def loss(model, batch):
         (x,) = batch
-        recon, mu, sigma = model(x)
+        recon, mu, sigma = (y.float() for y in model(x))
         kl = 0.5 * (mu.pow(2) + sigma.pow(2) - torch.log(sigma.pow(2) + 1e-8) - 1).mean()
         return (recon - x).abs().mean() + kl_weight * kl
 
@@ -113,12 +133,15 @@ def _diffusion_loss(alphas, prediction_type, tokenizer, sentences, cfg, rng):
         enc = tokenizer(
             captions, padding="max_length", truncation=True, max_length=cfg.max_length, return_tensors="pt"
         )
+        # drawn on the CPU (the same draws on every device), then moved to the batch's device
         t = torch.randint(0, alphas.numel(), (z0.shape[0],))
         a = alphas[t].view(-1, 1, 1, 1)
-        noise = torch.randn_like(z0)
+        noise = torch.randn(z0.shape, dtype=z0.dtype)
+        device = z0.device
+        t, a, noise = t.to(device), a.to(device), noise.to(device)
         zt = a.sqrt() * z0 + (1 - a).sqrt() * noise
-        context = model.text_encoder(input_ids=enc["input_ids"], attention_mask=enc["attention_mask"])
-        pred = model.unet(zt, timesteps=t, context=context.last_hidden_state)
+        mask = enc["attention_mask"].to(device) if TEXT_ATTENTION_MASK else None
+        pred = model(zt, t, enc["input_ids"].to(device), mask).float()
         target = noise if prediction_type == "epsilon" else a.sqrt() * noise - (1 - a).sqrt() * z0
         return F.mse_loss(pred, target)
 
@@ -165,17 +188,20 @@ def train_tiny_ldm(cfg: TinyLDMConfig, out_dir: str | Path, *, data_root: str | 
 
     from trustmed.data.mscxr import load_mscxr
     from trustmed.data.synth.cxr import make_synthcxr, sentence_vocabulary
+    from trustmed.grounding.device import accelerator_on, check_precision, mixed_precision, resolve_device
     from trustmed.grounding.ldm import (
         build_text_encoder,
         build_tokenizer,
         make_alphas_cumprod,
         save_monai_folder,
     )
-    from trustmed.train import fit, make_accelerator
+    from trustmed.train import fit
     from trustmed.utils import seed_everything
 
     if cfg.prediction_type not in ("epsilon", "v_prediction"):
         raise InputError(f"prediction_type {cfg.prediction_type!r}: expected epsilon or v_prediction")
+    device = resolve_device(cfg.device)
+    check_precision(device, cfg.precision)  # fp16 on a CPU fails before the data is generated
     torch.set_num_threads(cfg.threads)
     seed_everything(cfg.seed)
     out_dir = Path(out_dir)
@@ -188,7 +214,7 @@ def train_tiny_ldm(cfg: TinyLDMConfig, out_dir: str | Path, *, data_root: str | 
     images = prepare_images(paths, cfg.image_size)
     log.info("training on %d images (%d sentences)", len(paths), len(table))
 
-    accelerator = make_accelerator(cpu=True)
+    accelerator = accelerator_on(device, mixed_precision(cfg.precision))
     ae_def = {
         "spatial_dims": 2,
         "in_channels": 1,
@@ -216,7 +242,12 @@ def train_tiny_ldm(cfg: TinyLDMConfig, out_dir: str | Path, *, data_root: str | 
     )
     ae = accelerator.unwrap_model(ae).eval()
     with torch.no_grad():
-        mu = torch.cat([ae.encode(images[i : i + 256])[0] for i in range(0, len(images), 256)])
+        mu = torch.cat(
+            [
+                ae.encode(images[i : i + 256].to(accelerator.device))[0].cpu()
+                for i in range(0, len(images), 256)
+            ]
+        )
     scale = float(1.0 / mu.std())
 
     vocabulary = sentence_vocabulary() + ["."]
@@ -260,7 +291,9 @@ def train_tiny_ldm(cfg: TinyLDMConfig, out_dir: str | Path, *, data_root: str | 
         accelerator=accelerator,
         description="diffusion",
     )
-    model = accelerator.unwrap_model(model).eval()
+    # saved from the CPU in float32 (``save_monai_folder`` stores float16), whatever trained it
+    ae = ae.to("cpu", torch.float32)
+    model = accelerator.unwrap_model(model).to("cpu", torch.float32).eval()
     config = {
         "autoencoder_def": {"_target_": "monai.networks.nets.AutoencoderKL", **ae_def},
         "network_def": {"_target_": "monai.networks.nets.DiffusionModelUNet", **net_def},
@@ -275,6 +308,7 @@ def train_tiny_ldm(cfg: TinyLDMConfig, out_dir: str | Path, *, data_root: str | 
         "image_size": cfg.image_size,
         "image_channels": 1,
         "value_range": [0.0, 1.0],
+        "text_attention_mask": TEXT_ATTENTION_MASK,  # as the text encoder was trained
         "training": cfg.model_dump(),
     }
     save_monai_folder(

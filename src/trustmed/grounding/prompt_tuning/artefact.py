@@ -214,28 +214,32 @@ class TunedPrompt(nn.Module):
         """Index after which the slots go: the start token (``front``) or the end token (``end``)."""
         if self.ctx_position == "end":
             return (ids == eos_id).int().argmax(dim=1)
-        return torch.zeros(len(ids), dtype=torch.long)
+        return torch.zeros(len(ids), dtype=torch.long, device=ids.device)
 
     def _slots(self, ids: torch.Tensor, eos_id: int) -> tuple[torch.Tensor, torch.Tensor]:
         """(rows, positions) of the context slots in slotted token ids."""
         if self.ctx_position == "end":
             start = (ids == eos_id).int().argmax(dim=1) + 1
         else:
-            start = torch.ones(len(ids), dtype=torch.long)
-        positions = start[:, None] + torch.arange(self.n_ctx)[None]
-        return torch.arange(len(ids))[:, None].expand_as(positions), positions
+            start = torch.ones(len(ids), dtype=torch.long, device=ids.device)
+        positions = start[:, None] + torch.arange(self.n_ctx, device=ids.device)[None]
+        return torch.arange(len(ids), device=ids.device)[:, None].expand_as(positions), positions
 
     def encode_ids(self, ldm: LDM, ids: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
         """Text-encoder output with the context vectors written into the input-embedding slots.
 
-        With output offsets the slots' outputs then get their learned ``out_ctx`` added.
+        With output offsets the slots' outputs then get their learned ``out_ctx`` added. ``ids`` and
+        ``mask`` are moved to the text encoder's device and the vectors cast to its dtype there
+        (the prompt itself may stay on the CPU in float32).
         """
         embedding = ldm.text_encoder.get_input_embeddings()
+        ids, mask = ids.to(embedding.weight.device), mask.to(embedding.weight.device)
         rows, positions = self._slots(ids, ldm.tokenizer.eos_token_id)
 
         def insert(module, inputs, output):
             out = output.clone()
-            out[rows, positions] = self.ctx.to(output.dtype).unsqueeze(0).expand(len(ids), -1, -1)
+            ctx = self.ctx.to(device=output.device, dtype=output.dtype)
+            out[rows, positions] = ctx.unsqueeze(0).expand(len(ids), -1, -1)
             return out
 
         handles = [embedding.register_forward_hook(insert)]
@@ -244,7 +248,8 @@ class TunedPrompt(nn.Module):
 
             def overwrite(module, args, kwargs, vectors=vectors):
                 hidden = args[0].clone()
-                hidden[rows, positions] = vectors.to(hidden.dtype).unsqueeze(0).expand(len(ids), -1, -1)
+                vectors = vectors.to(device=hidden.device, dtype=hidden.dtype)
+                hidden[rows, positions] = vectors.unsqueeze(0).expand(len(ids), -1, -1)
                 return (hidden, *args[1:]), kwargs
 
             handles.append(layer.register_forward_pre_hook(overwrite, with_kwargs=True))
@@ -256,7 +261,8 @@ class TunedPrompt(nn.Module):
         if self.out_ctx is None:
             return out
         offsets = torch.zeros_like(out)
-        offsets[rows, positions] = self.out_ctx.to(out.dtype).unsqueeze(0).expand(len(ids), -1, -1)
+        out_ctx = self.out_ctx.to(device=out.device, dtype=out.dtype)
+        offsets[rows, positions] = out_ctx.unsqueeze(0).expand(len(ids), -1, -1)
         return out + offsets
 
     def encode(
@@ -338,12 +344,13 @@ class TunedPrompt(nn.Module):
 
         folder = Path(folder)
         folder.mkdir(parents=True, exist_ok=True)
-        tensors = {"ctx": self.ctx.detach().float().contiguous()}
+        cpu = lambda t: t.detach().to("cpu", torch.float32).contiguous()  # noqa: E731 - device-independent
+        tensors = {"ctx": cpu(self.ctx)}
         if self.deep_ctx is not None:
-            tensors["deep_ctx"] = self.deep_ctx.detach().float().contiguous()
+            tensors["deep_ctx"] = cpu(self.deep_ctx)
         if self.out_ctx is not None:
-            tensors["out_ctx"] = self.out_ctx.detach().float().contiguous()
-        tensors.update({f"lora.{k}": v.detach().float().contiguous() for k, v in self.lora_state.items()})
+            tensors["out_ctx"] = cpu(self.out_ctx)
+        tensors.update({f"lora.{k}": cpu(v) for k, v in self.lora_state.items()})
         save_file(tensors, folder / "prompt.safetensors")
         meta = {
             "format": "trustmed-tuned-prompt",

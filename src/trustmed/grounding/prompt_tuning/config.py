@@ -3,6 +3,8 @@
 >>> cfg = LoraPromptTuningConfig()
 >>> cfg.lora, cfg.depth, cfg.n_ctx, cfg.output_ctx, cfg.epochs, cfg.lr
 (True, 1, 4, False, 12, 0.01)
+>>> cfg.device, cfg.precision
+('auto', 'fp32')
 """
 
 from __future__ import annotations
@@ -10,6 +12,7 @@ from __future__ import annotations
 from typing import Literal
 
 from trustmed.config import Config
+from trustmed.grounding.device import DeviceName, Precision
 from trustmed.grounding.inversion import DEFAULT_BAND, Band
 
 __all__ = ["PromptTuningConfig", "LoraPromptTuningConfig"]
@@ -53,6 +56,11 @@ class PromptTuningConfig(Config):
     token_noise_vocab : draw the inserted token only from the tokens of the training sentences
         (default), or from the whole tokenizer vocabulary.
     threads : CPU threads.
+    device : where to train (:func:`~trustmed.grounding.device.resolve_device`): ``auto`` (the
+        process's GPU when CUDA is available, else the CPU), ``cpu`` or ``cuda``.
+    precision : floating-point type of the *frozen* UNet, autoencoder and text encoder (``fp32``,
+        ``bf16``, or ``fp16`` on a GPU only, with loss scaling); the context vectors and LoRA
+        weights are always trained in float32 and the losses computed in float32.
     """
 
     seed: int = 0
@@ -79,6 +87,8 @@ class PromptTuningConfig(Config):
     token_noise: float = 0.5
     token_noise_vocab: Literal["training", "tokenizer"] = "training"
     threads: int = 1
+    device: DeviceName = "auto"
+    precision: Precision = "fp32"
 
 
 class LoraPromptTuningConfig(PromptTuningConfig):

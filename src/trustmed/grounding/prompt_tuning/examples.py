@@ -48,7 +48,9 @@ def build_examples(ldm: LDM, table, anatomy_dir: str | Path, *, batch_size: int 
 
     ``table`` is a grounding table (:func:`trustmed.data.mscxr.load_mscxr`; only ``image_id``,
     ``path`` and ``text`` are read — never the boxes). ``anatomy_dir`` holds ``<image_id>.npz``
-    files of boolean masks of the image's size (:mod:`trustmed.grounding.anatomy`).
+    files of boolean masks of the image's size (:mod:`trustmed.grounding.anatomy`). The images are
+    encoded wherever ``ldm`` is (:func:`~trustmed.grounding.device.place`); the examples' tensors
+    are float32 on the CPU, and training moves each batch to its device.
     """
     from trustmed.data.mscxr import read_image
     from trustmed.grounding.anatomy import load_anatomy, location_mask
@@ -82,10 +84,15 @@ def build_examples(ldm: LDM, table, anatomy_dir: str | Path, *, batch_size: int 
         sentences.append(row.text)
         ids.append(row.image_id)
     order = list(images)
+    weight = next(ldm.autoencoder.parameters())
+    device, dtype = weight.device, weight.dtype
     with torch.no_grad():
         stacked = torch.stack([images[i] for i in order])
         z = torch.cat(
-            [ldm.encode_images(stacked[i : i + batch_size]) for i in range(0, len(order), batch_size)]
+            [
+                ldm.encode_images(stacked[i : i + batch_size].to(device, dtype)).to("cpu", torch.float32)
+                for i in range(0, len(order), batch_size)
+            ]
         )
     index = {k: i for i, k in enumerate(order)}
     latents = z[[index[i] for i in ids]]

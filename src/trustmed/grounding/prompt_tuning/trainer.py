@@ -6,6 +6,12 @@ once with the prompt while its cross-attention is captured with its graph; the l
 denoising MSE plus ``align_weight`` times the alignment loss
 (:mod:`~trustmed.grounding.prompt_tuning.losses`) on the sentences that name a location. Training
 runs through :func:`trustmed.train.fit`; the epoch is chosen on held-out images' alignment loss.
+
+The frozen networks run on ``cfg.device`` in ``cfg.precision``
+(:func:`~trustmed.grounding.device.place`, on copies: the caller's model is not moved); the context
+vectors and LoRA weights are trained in float32 and the losses are computed in float32. Timesteps,
+noise and the text noise are drawn on the CPU and then moved, so a seed draws the same ones on
+every device; on the CPU in float32 training gives exactly what it gave before devices were chosen.
 """
 
 from __future__ import annotations
@@ -21,6 +27,7 @@ from torch import nn
 
 from trustmed.errors import InputError
 from trustmed.grounding.attention import AttentionRecorder
+from trustmed.grounding.device import accelerator_on, check_precision, is_placed, place, resolve_device
 from trustmed.grounding.inversion import band_timesteps
 from trustmed.grounding.ldm import LDM
 from trustmed.grounding.prompt_tuning.artefact import (
@@ -38,27 +45,53 @@ __all__ = ["train_prompt"]
 
 
 class _Tuner(nn.Module):
-    """What the optimiser sees: the prompt and the UNet copy (LoRA adapters are its only trainables)."""
+    """What the optimiser sees: the prompt and the UNet copy (LoRA adapters are its only trainables).
 
-    def __init__(self, prompt: TunedPrompt, unet: nn.Module):
+    Its forward pass is one batch's ``(denoising loss, alignment loss)`` (:func:`_step_losses` on
+    ``ldm``, the working model whose UNet is ``unet``), so that a distributed wrapper sees it.
+    """
+
+    def __init__(
+        self,
+        prompt: TunedPrompt,
+        unet: nn.Module,
+        ldm: LDM | None = None,
+        cfg: PromptTuningConfig | None = None,
+    ):
         super().__init__()
         self.prompt = prompt
         self.unet = unet
+        self.ldm = ldm
+        self.cfg = cfg
+
+    def forward(self, batch, generator: torch.Generator | None = None):
+        return _step_losses(self, self.ldm, self.cfg, batch, generator=generator)
 
 
 def _step_losses(tuner: _Tuner, ldm: LDM, cfg: PromptTuningConfig, batch, generator=None):
-    """(denoising loss, alignment loss over the pairs with an anatomy mask) of one batch."""
+    """(denoising loss, alignment loss over the pairs with an anatomy mask) of one batch.
+
+    The batch's tensors are on the model's device; the timesteps and noise are drawn on the CPU
+    (with ``generator``, a CPU generator, or the global one) and moved there. With a frozen model
+    in half precision its inputs are cast to its dtype and the losses computed in float32.
+    """
     z0, ids, mask, weights, region, has = batch
     n = z0.shape[0]
+    device = z0.device
     lo, hi = band_timesteps(cfg.band, ldm.num_train_timesteps)
     t = torch.randint(lo, hi, (n,), generator=generator)
     a = ldm.alphas_cumprod[t].view(-1, 1, 1, 1).to(z0.dtype)
     noise = torch.randn(z0.shape, generator=generator, dtype=z0.dtype)
+    t, a, noise = t.to(device), a.to(device), noise.to(device)
     zt = a.sqrt() * z0 + (1 - a).sqrt() * noise
     context = tuner.prompt.encode_ids(ldm, ids, mask)
+    dtype = _frozen_dtype(tuner.unet)
     with AttentionRecorder(tuner.unet, layers=cfg.layers, keep_graph=True, reduce_heads=True) as rec:
-        pred = ldm.unet_forward(zt, t, context)
+        pred = ldm.unet_forward(zt.to(dtype), t, context.to(dtype))
         maps = rec.maps()
+    if pred.dtype != torch.float32:
+        pred = pred.float()
+        maps = [dataclasses.replace(m, probs=m.probs.float()) for m in maps]
     target = noise if ldm.prediction_type == "epsilon" else a.sqrt() * noise - (1 - a).sqrt() * z0
     denoise = F.mse_loss(pred, target)
     if cfg.align_loss == "soft_iou":
@@ -69,6 +102,46 @@ def _step_losses(tuner: _Tuner, ldm: LDM, cfg: PromptTuningConfig, batch, genera
     hasf = has.to(per_image.dtype)
     align = (per_image * hasf).sum() / hasf.sum().clamp_min(1.0)
     return denoise, align
+
+
+def _frozen_dtype(unet: nn.Module) -> torch.dtype:
+    """The dtype of the frozen UNet's weights (its LoRA weights stay float32)."""
+    return next(p.dtype for name, p in unet.named_parameters() if "lora_" not in name)
+
+
+def _working_model(ldm: LDM, cfg: PromptTuningConfig, device: torch.device) -> LDM:
+    """The frozen model to train on: a UNet copy (with LoRA adapters if ``cfg.lora``) and, when
+    ``ldm`` is not already on ``device`` in ``cfg.precision``, copies of the other networks, placed
+    there (:func:`~trustmed.grounding.device.place`); ``ldm`` itself is never moved or cast.
+
+    The LoRA adapters are created on the UNet copy before it is placed and are kept in float32
+    when the placement casts the base weights.
+    """
+    dtype = check_precision(device, cfg.precision)
+    unet = copy.deepcopy(ldm.unet)
+    for module in (unet, ldm.text_encoder, ldm.autoencoder):
+        for p in module.parameters():
+            p.requires_grad_(False)
+    if cfg.lora:
+        unet = inject_lora(unet, cfg.lora_rank, cfg.lora_alpha, cfg.lora_targets)
+        if not any("lora_" in n for n, _ in unet.named_parameters()):
+            raise InputError(f"lora_targets {cfg.lora_targets}: no cross-attention projection matched")
+    lora = {n: p.detach().clone() for n, p in unet.named_parameters() if "lora_" in n}
+    if is_placed(ldm, device, dtype):
+        work = dataclasses.replace(ldm, unet=unet)
+    else:
+        work = dataclasses.replace(
+            ldm,
+            unet=unet,
+            text_encoder=copy.deepcopy(ldm.text_encoder),
+            autoencoder=copy.deepcopy(ldm.autoencoder),
+        )
+        object.__setattr__(work, "_fingerprint", ldm_fingerprint(ldm))  # the caller's weights
+        place(work, device, cfg.precision)
+    for name, p in unet.named_parameters():
+        if name in lora and p.dtype != torch.float32:  # cast with the base weights (or by peft)
+            p.data = lora[name].to(device=p.device, dtype=torch.float32)
+    return work
 
 
 def _prompt_meta(ldm: LDM, cfg: PromptTuningConfig, examples: PromptExamples) -> dict:
@@ -119,10 +192,13 @@ def train_prompt(
 ) -> tuple[TunedPrompt, dict]:
     """Learn context vectors (and LoRA weights if ``cfg.lora``) on ``examples``; ``ldm`` is unchanged.
 
-    Returns the tuned prompt and a summary (history with the denoising and alignment losses, CPU
-    and wall time, counts of sentences with and without a location).
+    Training runs on ``cfg.device`` with the frozen networks in ``cfg.precision``; where ``ldm`` is
+    not already there, copies of its networks are (the caller's model is never moved or cast).
+    Returns the tuned prompt, float32 tensors on the CPU whatever the device, and a summary
+    (history with the denoising and alignment losses, CPU and wall time, counts of sentences with
+    and without a location).
     """
-    from trustmed.train import fit, make_accelerator
+    from trustmed.train import fit
     from trustmed.utils import seed_everything
 
     cfg = cfg or PromptTuningConfig()
@@ -131,18 +207,16 @@ def train_prompt(
     check_depth(ldm, cfg.depth)  # a depth the text encoder cannot take fails before training
     if int(examples.has_mask.sum()) == 0:
         raise InputError("prompt tuning: no training sentence names a location the anatomy vocabulary maps")
+    device = resolve_device(cfg.device)
+    check_precision(device, cfg.precision)  # fp16 on a CPU fails before anything is copied
     torch.set_num_threads(cfg.threads)
     seed_everything(cfg.seed)
     t_wall, t_cpu = time.perf_counter(), time.process_time()
-    unet = copy.deepcopy(ldm.unet)
-    for module in (unet, ldm.text_encoder, ldm.autoencoder):
-        for p in module.parameters():
-            p.requires_grad_(False)
-    if cfg.lora:
-        unet = inject_lora(unet, cfg.lora_rank, cfg.lora_alpha, cfg.lora_targets)
-        if not any("lora_" in n for n, _ in unet.named_parameters()):
-            raise InputError(f"lora_targets {cfg.lora_targets}: no cross-attention projection matched")
-    work = dataclasses.replace(ldm, unet=unet)
+    # fp16 trains with accelerate's loss scaling; bf16 has float32's range and needs none
+    accelerator = accelerator_on(device, "fp16" if cfg.precision == "fp16" else "no")
+    device = accelerator.device
+    work = _working_model(ldm, cfg, device)
+    unet = work.unet
     prompt = TunedPrompt(
         cfg.n_ctx,
         int(ldm.text_encoder.get_input_embeddings().weight.shape[1]),
@@ -164,19 +238,26 @@ def train_prompt(
         batch_size=cfg.batch_size,
         shuffle=True,
     )
-    tuner = _Tuner(prompt, unet)
+    tuner = _Tuner(prompt, unet, work, cfg)
     trainable = [p for p in tuner.parameters() if p.requires_grad]
     parts = {"denoise": 0.0, "align": 0.0, "n": 0}
     insertable = _insertable_tokens(ldm.tokenizer, ids[~is_val], cfg.token_noise_vocab)
 
     def loss_fn(model, batch):
-        if cfg.token_noise > 0:
+        if cfg.token_noise > 0:  # drawn on the CPU, like the timesteps and noise
             z0, b_ids, b_mask, b_weights, region, has = batch
-            b_ids, b_mask, b_weights = insert_random_tokens(
-                b_ids, b_mask, b_weights, prompt, ldm.tokenizer.eos_token_id, insertable, cfg.token_noise
+            noisy = insert_random_tokens(
+                b_ids.cpu(),
+                b_mask.cpu(),
+                b_weights.cpu(),
+                prompt,
+                ldm.tokenizer.eos_token_id,
+                insertable,
+                cfg.token_noise,
             )
+            b_ids, b_mask, b_weights = (x.to(z0.device) for x in noisy)
             batch = (z0, b_ids, b_mask, b_weights, region, has)
-        denoise, align = _step_losses(model, work, cfg, batch)
+        denoise, align = model(batch)
         parts["denoise"] += float(denoise.detach())
         parts["align"] += float(align.detach())
         parts["n"] += 1
@@ -195,7 +276,7 @@ def train_prompt(
             with torch.no_grad():
                 for s in range(0, len(val_idx), cfg.batch_size):
                     sel = val_idx[s : s + cfg.batch_size]
-                    d, a = _step_losses(model, work, cfg, tuple(x[sel] for x in tensors), generator=gen)
+                    d, a = model(tuple(x[sel].to(device) for x in tensors), generator=gen)
                     d_sum, a_sum, k = d_sum + float(d) * len(sel), a_sum + float(a) * len(sel), k + len(sel)
             out.update(
                 val_denoise=d_sum / k, val_align=a_sum / k, val_loss=(d_sum + cfg.align_weight * a_sum) / k
@@ -211,11 +292,16 @@ def train_prompt(
         evaluate=evaluate,
         select="val_align" if len(val_idx) else None,
         mode="min",
-        accelerator=make_accelerator(cpu=True),
+        accelerator=accelerator,
         description="prompt tuning",
     )
+    prompt.to("cpu")  # the tuned prompt is device-independent: float32 tensors on the CPU
     if cfg.lora:
-        prompt.lora_state = {k: v.detach().clone() for k, v in unet.state_dict().items() if "lora_" in k}
+        prompt.lora_state = {
+            k: v.detach().to("cpu", torch.float32).clone()
+            for k, v in unet.state_dict().items()
+            if "lora_" in k
+        }
     summary = {
         "history": result.history,
         "best_epoch": result.best_epoch,
