@@ -129,12 +129,13 @@ def test_fit_covae_trains_and_is_deterministic():
         torch.manual_seed(0)
         model = CoVAE(8, 3, hidden=32)
         result = fit_covae(
-            model, x[:256], x_val=x[256:], seed=0, config=train_config(epochs=6, batch_size=32, lr=1e-2,
+            model, x[:256], x_val=x[256:], seed=0, config=train_config(epochs=10, batch_size=32, lr=1e-2,
             alpha=5.0, warmup_epochs=2, ramp_epochs=2),
         )  # fmt: skip
         runs.append((result, encode(model, x)))
     result, latents = runs[0]
-    assert [round(r["alpha"], 6) for r in result.history] == [0.0, 0.0, 2.5, 5.0, 5.0, 5.0]
+    assert [round(r["alpha"], 6) for r in result.history] == [0.0, 0.0, 2.5] + [5.0] * 7
+    assert model.prior is not None  # the default, learnable mixture prior
     assert result.history[-1]["val_recon"] < result.history[0]["val_recon"]
     assert {"val_recon", "val_kl", "val_order"} <= set(result.history[-1])
     np.testing.assert_array_equal(latents, runs[1][1])

@@ -1,12 +1,14 @@
 """The coVAE pipeline: split, training-set normalisation, one owner of the training defaults, save/load."""
 
 import inspect
+from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
 
-from trustmed.causal import AlphaSchedule, CoVAE, encode
+from trustmed.causal import AlphaSchedule, CoVAE, CoVAEConfig, encode
+from trustmed.causal import demo as causal_demo
 from trustmed.causal.pipeline import (
     CausalDataConfig,
     CausalFitConfig,
@@ -22,6 +24,7 @@ from trustmed.causal.pipeline import (
     save_covae,
     split_indices,
 )
+from trustmed.config import load_config
 from trustmed.data.synth.anm import make_latent_anm, save_anm
 from trustmed.errors import InputError
 
@@ -125,3 +128,21 @@ def test_validation_data_do_not_change_training():
         fit_covae(model, x, x_val=x_val, config=config, seed=1)
         latents.append(encode(model, x))
     np.testing.assert_array_equal(*latents)
+
+
+EXAMPLES = Path(__file__).resolve().parents[2] / "examples"
+
+
+def test_the_default_prior_is_the_gaussian_mixture_everywhere():
+    # One owner (CoVAEConfig); the model, the CLI's config, the example configs and the demo follow it.
+    assert CoVAEConfig.prior == "gmm" and CoVAEConfig.n_components == 8
+    assert CoVAE(4, 2).prior is not None and CoVAE(4, 2, prior="normal").prior is None
+    fit_defaults = CausalFitConfig()
+    assert (fit_defaults.model.prior, fit_defaults.model.n_components) == ("gmm", 8)
+    assert build_covae(fit_defaults.model, np.zeros((2, 6), dtype=np.float32)).prior is not None
+    for name in ("causal_anm.yaml", "causal_pendulum.yaml"):
+        cfg = load_config(CausalFitConfig, EXAMPLES / name)
+        assert (cfg.model.prior, cfg.model.n_components) == ("gmm", 8), name
+    assert "prior=" not in inspect.getsource(causal_demo)  # the demo takes the library's default
+    with pytest.raises(InputError, match="prior"):
+        CoVAE(4, 2, prior="laplace")

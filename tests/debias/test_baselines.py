@@ -9,7 +9,6 @@ from trustmed.debias.bmft import BMFT
 from trustmed.debias.data import GroupedSet, subsample
 from trustmed.debias.fairprune import FairPrune
 from trustmed.debias.finetune import FineTune
-from trustmed.debias.importance import hard_mask
 from trustmed.debias.losses import bias_loss_from_probs
 from trustmed.debias.retrain import RetrainFair
 from trustmed.debias.selection import compare_methods, select_setting
@@ -58,27 +57,65 @@ def test_finetune_fair_adds_the_bias_loss():
 def test_bmft_hard_mask_and_reinitialised_head():
     model = _model()
     bmft = BMFT(unlearn_epochs=1, n_epochs=0, lr_forget=0.05, batch_size=32, seed=4).fit(model, _data())
-    expected = hard_mask(bmft.bias_importance_, bmft.pred_importance_)
-    for name, mask in bmft.mask_.items():
-        assert torch.equal(mask, expected[name])
+    # The head has no mask (it is re-initialised); every extractor tensor has one, 0/1.
+    assert set(bmft.mask_) == {n for n, _ in model.named_parameters() if n.startswith("extractor.")}
+    assert all(set(m.unique().tolist()) <= {0.0, 1.0} for m in bmft.mask_.values())
     torch.manual_seed(4)
     fresh = torch.nn.Linear(model.head.in_features, 1)
     assert torch.equal(bmft.model_.head.weight.cpu(), fresh.weight)
     assert not torch.equal(bmft.model_.head.weight.cpu(), model.head.weight)
 
 
-def test_fairprune_prunes_exactly_k_percent_of_lowest_saliency():
-    model = _model()
-    pruned = FairPrune(prune_ratio=0.1, beta=0.5).fit(model, _data())
-    saliency = torch.cat([s.flatten() for s in pruned.saliency_.values()])
-    mask = torch.cat([m.flatten() for m in pruned.mask_.values()])
-    n_pruned = int((mask == 0).sum())
-    assert n_pruned == round(0.1 * saliency.numel())
-    assert saliency[mask == 0].max() <= saliency[mask == 1].min()
-    params = dict(pruned.model_.named_parameters())
-    for name, m in pruned.mask_.items():
-        assert (params[name][m == 0] == 0).all()
-    assert {pruned.history_["unprivileged"], pruned.history_["privileged"]} == {"light", "dark"}
+def _tabular(weight):
+    """``head(x)`` with an identity extractor: scores are ``weight · x``."""
+    from trustmed.models.classifier import Classifier
+
+    head = torch.nn.Linear(len(weight), 1)
+    with torch.no_grad():
+        head.weight.copy_(torch.tensor([weight]))
+        head.bias.zero_()
+    return Classifier(torch.nn.Identity(), head)
+
+
+def test_fairprune_prunes_the_lowest_saliency_computed_by_hand():
+    w = np.array([1.0, -0.5, 2.0])
+    # Three groups, scores w·x: group a ranks its labels perfectly (AUC 1), b inversely (AUC 0),
+    # c in between, so unprivileged = b and privileged = a (c is not used).
+    x = np.array(
+        [
+            [2.0, 0.0, 0.5],
+            [0.0, 1.0, 0.0],
+            [1.0, -1.0, 1.0],
+            [-1.0, 0.0, -0.5],  # a
+            [0.0, 2.0, -1.0],
+            [1.5, 0.0, 0.5],
+            [0.0, 0.0, -0.5],
+            [0.5, 1.0, 1.0],  # b
+            [1.0, 0.0, 0.0],
+            [0.0, 0.0, 0.5],
+            [0.0, 1.0, 0.0],
+            [0.0, 0.0, 1.0],  # c
+        ]
+    )
+    y = np.array([1, 0, 1, 0, 1, 0, 1, 0, 1, 0, 0, 1])
+    groups = np.array(["a"] * 4 + ["b"] * 4 + ["c"] * 4)
+    data = GroupedSet(torch.tensor(x, dtype=torch.float32), y, groups, attribute="tone")
+    beta = 0.5
+    pruned = FairPrune(prune_ratio=1 / 3, beta=beta, batch_size=64).fit(_tabular(w.tolist()), data)
+    assert (pruned.history_["unprivileged"], pruned.history_["privileged"]) == ("b", "a")
+
+    def fisher(rows):  # one batch: the squared gradient of the mean BCE with respect to w
+        p = 1 / (1 + np.exp(-(x[rows] @ w)))
+        return (((p - y[rows])[:, None] * x[rows]).mean(0)) ** 2
+
+    saliency = 0.5 * w**2 * (fisher(groups == "b") - beta * fisher(groups == "a"))
+    np.testing.assert_allclose(pruned.saliency_["head.weight"].numpy().ravel(), saliency, rtol=1e-5)
+    expected_keep = np.ones(3)
+    expected_keep[np.argmin(saliency)] = 0.0
+    assert set(pruned.mask_) == {"head.weight"}
+    assert pruned.mask_["head.weight"].numpy().ravel().tolist() == expected_keep.tolist()
+    kept = pruned.model_.head.weight.detach().numpy().ravel()
+    assert kept.tolist() == (w * expected_keep).astype(np.float32).tolist()
 
 
 def test_group_thresholds_equalise_odds_on_their_data():

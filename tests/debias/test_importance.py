@@ -98,10 +98,24 @@ def test_minmax_and_soft_mask_extremes():
     assert 0.999 < float(m[2]) < 1.0  # bias-only importance: ~1 but never exactly 1
 
 
-def test_hard_mask_is_ratio_above_mean():
-    bias = {"w": torch.tensor([1.0, 2.0, 3.0, 10.0])}
-    pred = {"w": torch.tensor([1.0, 1.0, 1.0, 1.0])}
-    assert hard_mask(bias, pred)["w"].tolist() == [0.0, 0.0, 0.0, 1.0]
+def test_hard_mask_is_bmft_global_threshold_on_normalised_ratio_without_head():
+    bias = {
+        "extractor.a": torch.tensor([0.0, 1.0, 2.0, 4.0]),  # normalised: 0, .25, .5, 1
+        "extractor.b": torch.tensor([0.0, 6.0, 10.0, 3.0]),  # normalised: 0, .6, 1, .3
+        "head.weight": torch.tensor([0.0, 100.0]),  # normalised: 0, 1
+    }
+    pred = {
+        "extractor.a": torch.tensor([0.0, 2.0, 1.0, 4.0]),  # normalised: 0, .5, .25, 1
+        "extractor.b": torch.tensor([0.0, 10.0, 10.0, 5.0]),  # normalised: 0, 1, 1, .5
+        "head.weight": torch.tensor([1.0, 0.0]),  # normalised: 1, 0 -> ratio 1e10 if it counted
+    }
+    # ratios: a = [0, .5, 2, 1], b = [0, .6, 1, .6]; one threshold over the 8 non-head entries:
+    # (3.5 + 2.2) / 8 = 0.7125. A mean per tensor (b: 0.55) would keep b's .6 entries; counting
+    # the head would push the threshold to ~1e9 and mask nothing.
+    masks = hard_mask(bias, pred)
+    assert set(masks) == {"extractor.a", "extractor.b"}
+    assert masks["extractor.a"].tolist() == [0.0, 0.0, 1.0, 1.0]
+    assert masks["extractor.b"].tolist() == [0.0, 0.0, 1.0, 0.0]
 
 
 def test_fisher_leaves_model_state_alone():

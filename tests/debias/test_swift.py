@@ -106,11 +106,37 @@ def test_k_groups_and_worst_best_reduction():
     data = _data(n=160, k=4)
     full = SWiFT(unlearn_epochs=1, n_epochs=1, batch_size=32).fit(_model(), data)
     assert full.groups_ == ("g0", "g1", "g2", "g3")
-    reduced = SWiFT(unlearn_epochs=1, n_epochs=1, batch_size=32, group_reduction="worst_best").fit(
-        _model(), data
-    )
-    assert len(reduced.groups_) == 2 and set(reduced.groups_) <= set(full.groups_)
-    assert reduced.history_["n_external"] < len(data)
+
+
+def test_worst_best_keeps_the_lowest_and_highest_auc_groups():
+    from trustmed.models.classifier import Classifier
+
+    # Scores are x[:, 0] (identity extractor, head picks feature 0). Per group, x[:, 0] is the
+    # label plus noise scaled so the AUCs are ordered: g2 worst (labels reversed), g0 best.
+    rng = np.random.default_rng(0)
+    n_per, names = 40, ["g0", "g1", "g2", "g3"]
+    signs_noise = {"g0": (1.0, 0.1), "g1": (1.0, 1.0), "g2": (-1.0, 0.1), "g3": (1.0, 3.0)}
+    xs, ys, gs = [], [], []
+    for g in names:
+        y = np.tile([0, 1], n_per // 2)
+        sign, noise = signs_noise[g]
+        x = rng.normal(size=(n_per, 2))
+        x[:, 0] = sign * y + noise * rng.normal(size=n_per)
+        xs.append(x)
+        ys.append(y)
+        gs += [g] * n_per
+    data = GroupedSet(torch.tensor(np.concatenate(xs), dtype=torch.float32), np.concatenate(ys), gs)
+    extractor = torch.nn.Linear(2, 2)
+    head = torch.nn.Linear(2, 1)
+    with torch.no_grad():
+        extractor.weight.copy_(torch.eye(2))
+        extractor.bias.zero_()
+        head.weight.copy_(torch.tensor([[1.0, 0.0]]))
+        head.bias.zero_()
+    swift = SWiFT(unlearn_epochs=1, n_epochs=1, batch_size=32, group_reduction="worst_best")
+    swift.fit(Classifier(extractor, head), data)
+    assert swift.groups_ == ("g2", "g0")  # (worst, best)
+    assert swift.history_["n_external"] == 2 * n_per
 
 
 def test_cost_and_history_are_recorded():

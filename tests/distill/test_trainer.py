@@ -102,8 +102,9 @@ def test_resume_restores_group_weights(tmp_path):
 
 def test_distillation_methods_need_a_teacher():
     train, val = _loaders()
-    with pytest.raises(InputError, match="needs a teacher"):
-        GroupDistiller("kd", n_groups=4, epochs=1).fit(_model(), train, val)
+    for method in ("groupdistil", "kd", "kd_sample"):
+        with pytest.raises(InputError, match="needs a teacher"):
+            GroupDistiller(method, n_groups=4, epochs=1).fit(_model(), train, val)
     with pytest.raises(InputError, match="unknown method"):
         GroupDistiller("dro", n_groups=4, epochs=1).fit(_model(), train, val)
 
@@ -143,3 +144,17 @@ def test_losses_and_trainer_default_to_the_command_settings():
     kd, group = KDLoss(), GroupDistilLoss(2)
     assert (kd.temperature, kd.alpha) == (cfg.loss.temperature, cfg.loss.alpha)
     assert (group.temperature, group.alpha, group.eta) == (cfg.loss.temperature, cfg.loss.alpha, cfg.loss.eta)
+
+
+def test_methods_agree_with_the_command_and_kd_is_group_uniform():
+    """``kd`` is GroupDistil's loss with eta = 0 (METHODS.md's baseline); ``kd_sample`` is per-sample KD."""
+    from typing import get_args
+
+    from trustmed.distill import GroupDistilLoss, KDLoss
+    from trustmed.distill.run import DistillConfig
+    from trustmed.distill.trainer import METHODS, build_loss
+
+    assert set(get_args(DistillConfig.model_fields["method"].annotation)) == set(METHODS)
+    kd = build_loss("kd", 3)
+    assert isinstance(kd, GroupDistilLoss) and kd.eta == 0.0
+    assert isinstance(build_loss("kd_sample", 3), KDLoss)

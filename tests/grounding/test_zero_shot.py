@@ -15,8 +15,8 @@ from trustmed.grounding.inversion import (
     ddim_timesteps,
     to_epsilon_and_x0,
 )
-from trustmed.grounding.ldm import load_ldm, make_alphas_cumprod, make_random_monai_ldm
-from trustmed.grounding.zero_shot import GroundingConfig, ZeroShotGrounder, prepare_image
+from trustmed.grounding.ldm import build_tokenizer, load_ldm, make_alphas_cumprod, make_random_monai_ldm
+from trustmed.grounding.zero_shot import GroundingConfig, ZeroShotGrounder, prepare_image, tokenize_phrases
 
 
 @pytest.fixture(scope="module")
@@ -57,16 +57,39 @@ def test_inversion_is_exact_for_a_model_that_knows_the_noise(prediction_type):
 
 
 def test_crop_geometry_and_nan_uncrop():
+    # wide: 40 × 80 → 32 × 64, crop columns 16..48; back at 1.25 px per crop pixel: columns 20..60
     info = crop_info(40, 80, 32)
     assert info.resized == (32, 64) and info.left == 16 and info.top == 0
-    heat = np.ones((32, 32))
+    heat = np.zeros((32, 32))
+    heat[:, :16] = 1.0  # the crop's left half
     out = uncrop(heat, info)
     assert out.shape == (40, 80)
-    assert np.isnan(out[:, :19]).all() and np.isnan(out[:, 61:]).all() and np.isfinite(out[:, 21:59]).all()
-    spot = np.zeros((32, 32))
-    spot[10:14, 20:24] = 1
-    post = postprocess(spot, sigma=1.0)
-    assert post.max() == pytest.approx(1.0) and (post == 0).mean() > 0.5
+    assert np.isnan(out[:, :20]).all() and np.isnan(out[:, 60:]).all() and np.isfinite(out[:, 20:60]).all()
+    assert (out[:, 20:39] > 0.999).all() and (out[:, 41:60] == 0).all()  # left half → columns 20..40
+    # tall: 80 × 40 → 64 × 32, crop rows 16..48 → original rows 20..60
+    tall = uncrop(np.ones((32, 32)), crop_info(80, 40, 32))
+    assert np.isnan(tall[:20]).all() and np.isnan(tall[60:]).all() and (np.abs(tall[20:60] - 1) < 1e-6).all()
+    # square: nothing is cut, nothing is NaN
+    assert np.isfinite(uncrop(np.ones((32, 32)), crop_info(50, 50, 32))).all()
+
+
+def test_postprocess_otsu_keeps_exactly_the_bright_blob():
+    rng = np.random.default_rng(0)
+    spot = 0.2 * rng.random((32, 32))
+    blob = np.zeros((32, 32), bool)
+    blob[10:14, 20:24] = True
+    spot[blob] = 1.0
+    post = postprocess(spot, sigma=0.0)
+    np.testing.assert_array_equal(post > 0, blob)
+    assert (post[blob] == 1.0).all()
+    # smoothed: the blob's core is kept, a ring of a few pixels at most around it, nothing else
+    smooth = postprocess(spot, sigma=1.0)
+    assert smooth.max() == pytest.approx(1.0) and (smooth[11:13, 21:23] > 0).all()
+    rows, cols = np.nonzero(smooth)
+    assert rows.min() >= 8 and rows.max() <= 15 and cols.min() >= 18 and cols.max() <= 25
+    # without Otsu, the min-max normalised map is returned whole
+    plain = postprocess(spot, sigma=0.0, otsu=False)
+    np.testing.assert_allclose(plain, (spot - spot.min()) / (spot.max() - spot.min()))
 
 
 @pytest.mark.parametrize("mode", ["inversion", "noising"])
@@ -77,12 +100,34 @@ def test_pipeline_shapes_range_and_determinism(ldm, mode):
     cfg = GroundingConfig(num_steps=10, mode=mode, noise_levels=[0.3, 0.6], batch_size=2)
     heat = ZeroShotGrounder(ldm, cfg).ground(images, phrases)
     assert [h.shape for h in heat] == [(40, 56), (32, 32)]
-    assert np.isnan(heat[0][:, :3]).all() and np.isfinite(heat[1]).all()
-    assert np.nanmin(heat[0]) >= 0 and np.nanmax(heat[0]) <= 1 + 1e-6
+    # 40 × 56 → 32 × 45, crop from column 6 → original columns round(6·56/45) = 7 to 47
+    assert np.isnan(heat[0][:, :7]).all() and np.isnan(heat[0][:, 47:]).all()
+    assert np.isfinite(heat[0][:, 7:47]).all() and np.isfinite(heat[1]).all()
+    for h in heat:  # min-max normalised (then resized back), Otsu zeroes the part below its threshold
+        assert 0.9 < np.nanmax(h) <= 1.0 + 1e-6 and np.nanmin(h) == 0.0
+        assert 0.0 < np.nanmean(h > 0) < 1.0
     again = ZeroShotGrounder(ldm, cfg).ground(images, phrases)
     np.testing.assert_array_equal(np.nan_to_num(heat[0], nan=-1), np.nan_to_num(again[0], nan=-1))
     single = ZeroShotGrounder(ldm, cfg.model_copy(update={"batch_size": 1})).ground(images[1:], phrases[1:])
     np.testing.assert_allclose(single[0], heat[1], atol=1e-4)
+
+
+def test_tokenize_phrases_selects_the_expected_positions():
+    tok = build_tokenizer(
+        ["nodule", "in", "the", "right", "upper", "zone", "left", "effusion"], max_length=10
+    )
+    phrases = ["nodule in the right upper zone", "small left effusion"]  # "small" is unknown
+    enc, content = tokenize_phrases(tok, phrases)
+    assert enc["input_ids"].shape == (2, 10)
+    assert content.tolist() == [[0, 1, 1, 1, 1, 1, 1, 0, 0, 0], [0, 0, 1, 1, 0, 0, 0, 0, 0, 0]]
+    _, ends = tokenize_phrases(tok, phrases, token_set="end_and_padding")  # the end token and after
+    assert ends.tolist() == [[0, 0, 0, 0, 0, 0, 0, 1, 1, 1], [0, 0, 0, 0, 1, 1, 1, 1, 1, 1]]
+    _, words = tokenize_phrases(tok, phrases, words=["Nodule", "effusion"])
+    assert words.tolist() == [[0, 1, 0, 0, 0, 0, 0, 0, 0, 0], [0, 0, 0, 1, 0, 0, 0, 0, 0, 0]]
+    with pytest.raises(InputError, match="none of the words"):
+        tokenize_phrases(tok, phrases, words=["zone"])
+    with pytest.raises(InputError, match="token_set"):
+        tokenize_phrases(tok, phrases, token_set="all")
 
 
 def test_token_selection_changes_the_map(ldm):
@@ -92,7 +137,7 @@ def test_token_selection_changes_the_map(ldm):
     word = ZeroShotGrounder(ldm, base.model_copy(update={"tokens": ["nodule"]})).crop_heatmaps(
         image, ["nodule in the right upper zone"]
     )[0]
-    assert not torch.allclose(full, word)
+    assert (full - word).abs().amax() > 0.05
 
 
 def test_bad_input(ldm):

@@ -19,9 +19,12 @@ scale-free ``1 - corr(score_j, residual_j)^2`` of
 residual; NoGAM, Montagna et al., arXiv 2304.03265). The total loss is ``-ELBO + alpha * L_order``;
 ``alpha = 0`` is the plain VAE and ``beta > 1`` the beta-VAE.
 
-The decoder is piecewise affine (LeakyReLU MLP, or LeakyReLU convolutions for images). The prior is
-``N(0, I)`` or a learnable Gaussian mixture, the identifiable choice of "Identifiability of deep
-generative models without auxiliary information" (Kivva et al., NeurIPS 2022, arXiv 2206.10044).
+The decoder is piecewise affine (LeakyReLU MLP, or LeakyReLU convolutions for images). The prior is,
+by default, a learnable Gaussian mixture (``prior="gmm"``, 8 components), the identifiable choice of
+"Identifiability of deep generative models without auxiliary information" (Kivva et al., NeurIPS 2022,
+arXiv 2206.10044): its latents may be dependent, as a causal model's are. ``prior="normal"`` gives
+``N(0, I)``, whose factorised KL term pushes the latents towards independence, against the premise of
+a causal order among them; it is kept for comparison.
 
 Training (:func:`trustmed.causal.pipeline.fit_covae`) lets ``alpha`` follow :class:`AlphaSchedule`:
 zero during warm-up (the VAE first learns to reconstruct), then a linear ramp to its final value.
@@ -122,7 +125,8 @@ def ordering_loss(
 class CoVAEConfig:
     """Architecture of a :class:`CoVAE` (stored in ``model.json`` next to the weights).
 
-    Its defaults are those of :class:`CoVAE` and of ``trustmed causal fit``'s ``model`` section.
+    Its defaults are those of :class:`CoVAE` and of ``trustmed causal fit``'s ``model`` section. The
+    default ``prior`` is the Gaussian mixture (``"gmm"``); ``"normal"`` is ``N(0, I)``.
     """
 
     input_dim: int | None = None
@@ -131,7 +135,7 @@ class CoVAEConfig:
     latent_dim: int = 5
     hidden: int = 64
     depth: int = 2
-    prior: str = "normal"
+    prior: str = "gmm"
     n_components: int = 8
     slope: float = 0.2
 

@@ -96,7 +96,11 @@ class CausalDataConfig(Config):
 
 
 class CausalModelConfig(Config):
-    """The architecture of the :class:`~trustmed.causal.CoVAE` (input shape from the data)."""
+    """The architecture of the :class:`~trustmed.causal.CoVAE` (input shape from the data).
+
+    ``prior`` defaults to the learnable Gaussian mixture (``"gmm"``, ``n_components`` of them) of
+    :class:`~trustmed.causal.CoVAEConfig`; ``"normal"`` is ``N(0, I)``.
+    """
 
     latent_dim: int = CoVAEConfig.latent_dim
     hidden: int = CoVAEConfig.hidden

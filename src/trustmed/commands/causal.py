@@ -31,6 +31,8 @@ PIPELINE = "trustmed.causal.pipeline"
 def fit_cmd(cfg, out: Path, quiet: bool):
     """Train coVAE (or the VAE baseline with --set train.alpha=0) and score its latents on validation.
 
+    The prior is a learnable Gaussian mixture by default; --set model.prior=normal for N(0, I).
+
     Example: trustmed causal fit --set data.path=runs/anm --out runs/covae
     """
     from trustmed.causal.pipeline import run_fit

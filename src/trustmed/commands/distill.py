@@ -33,7 +33,11 @@ def distill_cmd(
     quiet: bool,
     method: Annotated[
         str | None,
-        typer.Option("--method", help="groupdistil | kd | groupdro | erm (erm/groupdro: no teacher)"),
+        typer.Option(
+            "--method",
+            help="groupdistil | kd | kd_sample | groupdro | erm (kd: groups weighted equally; "
+            "kd_sample: per-sample KD; erm/groupdro: no teacher)",
+        ),
     ] = None,
     teacher: Annotated[Path | None, typer.Option("--teacher", help="Teacher checkpoint folder.")] = None,
     student_arch: Annotated[str | None, typer.Option("--student-arch", help="Student architecture.")] = None,
@@ -44,11 +48,12 @@ def distill_cmd(
 ) -> None:
     """Group-robust knowledge distillation (GroupDistil) and baselines.
 
-    Trains a student with GroupDistil, vanilla KD, Group DRO or ERM and keeps the epoch with the best
-    validation worst-group accuracy. --method erm or groupdro need no teacher, so the same command
-    trains the teacher (give it a larger --student-width). With --set data.format=dataset the data is
-    the registered dataset that a teacher from trustmed train was trained on, its groups formed from
-    the columns in data.group_by (default: the first attribute and the label, e.g. female|1).
+    Trains a student with GroupDistil, KD (kd: group-uniform; kd_sample: per-sample), Group DRO or ERM
+    and keeps the epoch with the best validation worst-group accuracy. --method erm or groupdro need no
+    teacher, so the same command trains the teacher (give it a larger --student-width). With --set
+    data.format=dataset the data is the registered dataset that a teacher from trustmed train was
+    trained on, its groups formed from the columns in data.group_by (default: the first attribute and
+    the label, e.g. female|1).
 
     Example: trustmed distill --method groupdistil --teacher runs/teacher --out runs/student
     """

@@ -4,8 +4,11 @@ Implements the method of "Achieving Fairness via Bias-based Weight Masking Fine-
 (BMFT; FAIMI 2024, arXiv 2408.06890) on the same machinery as SWiFT
 (:mod:`trustmed.debias.swift`), with its two differences:
 
-* a **hard** mask per tensor, ``M = 1[I_b/I_p > mean ratio]`` (the ratio of the bias and
-  prediction Fisher importances, compared with its mean over the tensor);
+* a **hard** mask, ``M = 1[r > mean r]`` with ``r = Ĩ_b/(Ĩ_p + 1e-10)`` the ratio of the min-max
+  normalised (per tensor) bias and prediction Fisher importances, and one threshold: the mean of
+  ``r`` over every entry of every extractor tensor, as the public BMFT code computes it
+  (:func:`~trustmed.debias.importance.hard_mask`). The head is left out of the mask and of the
+  threshold (step 1 does not train it; step 2 re-initialises it);
 * the classification head is **re-initialised** and then trained alone on the frozen extractor
   with the weighted BCE.
 
@@ -39,8 +42,8 @@ __all__ = ["BMFT"]
 class BMFT(SWiFT):
     """Bias-based weight masking fine-tuning (arXiv 2408.06890); parameters as :class:`SWiFT`.
 
-    ``mask_`` holds the hard 0/1 masks; the head is re-initialised (seeded) before step 2, which
-    trains it with the weighted BCE only.
+    ``mask_`` holds the hard 0/1 masks of the extractor's tensors (the head has none); the head is
+    re-initialised (seeded) before step 2, which trains it with the weighted BCE only.
     """
 
     def _masks(self, bias_imp, pred_imp):

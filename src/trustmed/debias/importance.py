@@ -11,7 +11,8 @@ SWiFT, "Soft-Mask Weight Fine-tuning for Bias Mitigation" (MELBA 2025, arXiv 250
   for prediction get ``m ≈ 1``, the reverse ``m ≈ 0``.
 
 BMFT, "Achieving Fairness via Bias-based Weight Masking Fine-tuning" (FAIMI 2024,
-arXiv 2408.06890) uses the hard mask ``1[I_b/I_p > mean ratio]`` (:func:`hard_mask`).
+arXiv 2408.06890) uses the hard mask ``1[Ĩ_b/(Ĩ_p + 1e-10) > mean ratio]`` with the same min-max
+normalised importances and one mean over every non-head entry (:func:`hard_mask`).
 
 >>> import torch
 >>> bias = {"w": torch.tensor([0.0, 1.0, 2.0])}
@@ -113,14 +114,28 @@ def soft_mask(
 
 
 def hard_mask(
-    bias_importance: Mapping[str, torch.Tensor], pred_importance: Mapping[str, torch.Tensor]
+    bias_importance: Mapping[str, torch.Tensor],
+    pred_importance: Mapping[str, torch.Tensor],
+    *,
+    exclude_prefix: str | None = "head.",
 ) -> dict[str, torch.Tensor]:
-    """BMFT's hard mask ``1[I_b/I_p > mean ratio]`` per parameter tensor (mean over that tensor)."""
-    masks = {}
-    for name, bias in bias_importance.items():
-        ratio = bias.double() / (pred_importance[name].double() + EPS)
-        masks[name] = (ratio > ratio.mean()).float()
-    return masks
+    """BMFT's hard mask ``1[r > mean r]`` with ``r = Ĩ_b / (Ĩ_p + 1e-10)``, as the public BMFT code.
+
+    Each importance tensor is min-max normalised on its own (:func:`minmax_normalise`, as for
+    :func:`soft_mask`); the threshold is **one** mean of ``r`` over every entry of every tensor
+    (not a mean per tensor). Tensors whose name starts with ``exclude_prefix`` (the head) take no
+    part in the threshold and get no mask (they are left out of the result); ``None`` excludes
+    nothing.
+    """
+    ratios = {
+        name: minmax_normalise(bias.double()) / (minmax_normalise(pred_importance[name].double()) + EPS)
+        for name, bias in bias_importance.items()
+        if exclude_prefix is None or not name.startswith(exclude_prefix)
+    }
+    if not ratios:
+        raise ValueError("hard_mask: no importance tensors left after excluding the head")
+    threshold = torch.cat([r.flatten() for r in ratios.values()]).mean()
+    return {name: (r > threshold).float() for name, r in ratios.items()}
 
 
 def mask_summary(masks: Mapping[str, torch.Tensor]) -> dict[str, float]:

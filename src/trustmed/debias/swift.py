@@ -8,13 +8,22 @@ external set with the sensitive attribute:
 2. parameter importance: diagonal empirical Fisher of each loss, ``I_p`` and ``I_b``;
 3. soft mask per tensor: ``m = tanh(Ĩ_b / (Ĩ_p + 1e-10))`` with min-max normalised importances;
 4. step 1: on the external set balanced by group within each label, the head frozen, train the
-   extractor with ``β·WBCE + (1−β)·B`` and every gradient multiplied by its mask (``g ← m ⊙ g``),
+   extractor with ``β·WBCE + (1−β)·B``, every parameter's optimiser update multiplied by its mask
+   (``Δθ ← m ⊙ Δθ``; or, with ``mask_on="gradient"``, every gradient: ``g ← m ⊙ g``),
    ``unlearn_epochs`` epochs at ``lr_forget``;
 5. step 2: set to 0 the head weights whose mask exceeds the tensor's mean mask, freeze the
    extractor and train the head with ``(1−β)·WBCE + β·B`` for ``n_epochs`` at ``lr_base``.
 
-Weight decay is applied inside the masked gradient (``g ← m ⊙ (g + λθ)``), so a parameter whose
-mask is 0 does not move at all in step 1 (our reading: the mask gates every update). Importances
+Where the mask acts (``mask_on``). The paper multiplies the gradients by the mask. With SGD that
+scales each step by ``m``, but Adam divides each gradient by the root of its own running second
+moment, so a constant per-entry factor cancels and gradient masking leaves Adam's steps (almost)
+unchanged: SWiFT would behave like ``swift_nomask``. By default (``mask_on="update"``) the mask is
+applied to the optimiser's update instead: ``θ ← θ_old + m ⊙ (θ_new − θ_old)`` after each
+``optimizer.step()`` (:class:`UpdateMask`), which scales the step by ``m`` for every optimiser.
+Weight decay is part of the optimiser's update there, so it is masked with it; with
+``mask_on="gradient"`` it is added inside the masked gradient (``g ← m ⊙ (g + λθ)``). Either way a
+parameter whose mask is 0 does not move at all in step 1 (our reading: the mask gates every
+update). Importances
 are computed with the model in eval mode. Step 2 trains the head on the frozen extractor's
 features, computed once.
 
@@ -57,7 +66,10 @@ from trustmed.models import merge_output
 from trustmed.train import fit
 from trustmed.utils import seed_everything
 
-__all__ = ["SWiFT", "worst_best_groups", "masked_grad_hook"]
+__all__ = ["MASK_ON", "SWiFT", "UpdateMask", "worst_best_groups", "masked_grad_hook"]
+
+MASK_ON = ("update", "gradient")
+"""Where SWiFT's step 1 applies the mask: the optimiser's update (default) or the gradient."""
 
 log = logging.getLogger(__name__)
 
@@ -93,6 +105,66 @@ def masked_grad_hook(masks: Mapping[str, torch.Tensor], weight_decay: float = 0.
     return hook
 
 
+class UpdateMask:
+    """Mask an optimiser's updates: ``θ ← θ_old + m ⊙ (θ_new − θ_old)`` after every ``step()``.
+
+    Registers step pre- and post-hooks on ``optimizer`` (a plain ``torch.optim.Optimizer``, before
+    or after ``accelerate`` prepares it: its wrapper calls the same ``step``), so the optimiser, its
+    ``state_dict`` and a resumed run are unchanged; :meth:`remove` takes the hooks off. A step that
+    does not run (a mixed-precision step skipped for an overflow) triggers neither hook.
+
+    Parameters
+    ----------
+    optimizer : the optimiser whose updates are masked.
+    params : parameter name → parameter (e.g. ``dict(model.named_parameters())``).
+    masks : parameter name → mask of the parameter's shape; parameters without one are left alone.
+
+    >>> p = torch.nn.Parameter(torch.zeros(2))
+    >>> opt = torch.optim.Adam([p], lr=0.1)
+    >>> masking = UpdateMask(opt, {"p": p}, {"p": torch.tensor([0.0, 0.5])})
+    >>> p.grad = torch.ones(2)
+    >>> opt.step()
+    >>> [round(float(v), 4) for v in p.detach()]
+    [0.0, -0.05]
+    >>> masking.remove()
+    """
+
+    def __init__(
+        self,
+        optimizer: torch.optim.Optimizer,
+        params: Mapping[str, nn.Parameter],
+        masks: Mapping[str, torch.Tensor],
+    ):
+        self._pairs = [(params[n], masks[n]) for n in params if n in masks]
+        for name, mask in masks.items():
+            if name in params and mask.shape != params[name].shape:
+                raise ValueError(f"mask of {name}: shape {tuple(mask.shape)} != {tuple(params[name].shape)}")
+        self._old: list[torch.Tensor] = []
+        self._handles = [
+            optimizer.register_step_pre_hook(self._before),
+            optimizer.register_step_post_hook(self._after),
+        ]
+
+    @torch.no_grad()
+    def _before(self, *_) -> None:
+        self._old = [p.detach().clone() for p, _ in self._pairs]
+
+    @torch.no_grad()
+    def _after(self, *_) -> None:
+        for i, ((param, mask), old) in enumerate(zip(self._pairs, self._old, strict=True)):
+            if mask.device != param.device or mask.dtype != param.dtype:
+                mask = mask.to(param.device, param.dtype)
+                self._pairs[i] = (param, mask)
+            param.copy_(torch.addcmul(old, mask, param - old))
+        self._old = []
+
+    def remove(self) -> None:
+        """Take the hooks off the optimiser."""
+        for handle in self._handles:
+            handle.remove()
+        self._handles = []
+
+
 class SWiFT(DebiasEstimator):
     """Soft-mask weight fine-tuning (SWiFT, arXiv 2508.18826), scikit-learn shaped.
 
@@ -108,6 +180,10 @@ class SWiFT(DebiasEstimator):
     optimizer : ``"sgd"`` (momentum 0.9; the paper's choice for skin images) or ``"adam"``
         (its choice for chest X-rays).
     weight_decay : weight decay of both steps (masked in step 1).
+    mask_on : ``"update"`` (default) multiplies each optimiser update by the mask
+        (``Δθ ← m ⊙ Δθ``), which works with any optimiser; ``"gradient"`` multiplies the gradients
+        (``g ← m ⊙ (g + λθ)``, the paper's description), which Adam's per-entry scaling largely
+        cancels (see the module docstring).
     group_reduction : ``None`` (all K groups) or ``"worst_best"`` (keep the groups with the lowest
         and highest AUC on the external set, as the public code does for attributes with > 2 groups).
     use_mask : ``False`` gives the ``swift_nomask`` ablation (``m ≡ 1``).
@@ -139,6 +215,7 @@ class SWiFT(DebiasEstimator):
         batch_size: int = 64,
         optimizer: str = "sgd",
         weight_decay: float = 5e-4,
+        mask_on: str = "update",
         group_reduction: str | None = None,
         use_mask: bool = True,
         head_step: bool = True,
@@ -154,6 +231,7 @@ class SWiFT(DebiasEstimator):
         self.batch_size = batch_size
         self.optimizer = optimizer
         self.weight_decay = weight_decay
+        self.mask_on = mask_on
         self.group_reduction = group_reduction
         self.use_mask = use_mask
         self.head_step = head_step
@@ -183,6 +261,8 @@ class SWiFT(DebiasEstimator):
             raise InputError(f"beta must lie in [0, 1], got {self.beta}")
         if self.group_reduction not in (None, "worst_best"):
             raise InputError(f"group_reduction must be None or 'worst_best', got {self.group_reduction!r}")
+        if self.mask_on not in MASK_ON:
+            raise InputError(f"mask_on must be one of {MASK_ON}, got {self.mask_on!r}")
 
     def _reduce_groups(self, model: nn.Module, external_set: GroupedSet) -> GroupedSet:
         if self.group_reduction is None:
@@ -272,27 +352,38 @@ class SWiFT(DebiasEstimator):
         return evaluate
 
     def _step1(self, model: nn.Module, data: GroupedSet, balanced: np.ndarray, n_groups: int, evaluate):
-        """Masked extractor step: head frozen, ``g ← m ⊙ (g + λθ)`` on every extractor parameter."""
+        """Masked extractor step: head frozen, every extractor update (or gradient) multiplied by its mask."""
         for p in model.head.parameters():
             p.requires_grad_(False)
         for p in model.extractor.parameters():
             p.requires_grad_(True)
         masks = {n: m for n, m in self.mask_.items() if n.startswith("extractor.")}
         pred_w, bias_w = self._step1_weights()
+        on_update = self.mask_on == "update"
+        # With update masking the optimiser applies the weight decay and the mask scales it with
+        # the rest of the update; with gradient masking the hook adds it inside the mask.
         optimizer = make_optimizer(
-            model.extractor.parameters(), self.optimizer, self.lr_forget, weight_decay=0.0
+            model.extractor.parameters(),
+            self.optimizer,
+            self.lr_forget,
+            weight_decay=self.weight_decay if on_update else 0.0,
         )
+        masking = UpdateMask(optimizer, dict(model.named_parameters()), masks) if on_update else None
         loader = data.loader(self.batch_size, shuffle=True, seed=self.seed, indices=balanced)
-        return fit(
-            model,
-            optimizer,
-            loader,
-            combined_loss(pred_w, bias_w, kind=self.bias_loss, n_groups=n_groups),
-            epochs=self.unlearn_epochs,
-            grad_hook=masked_grad_hook(masks, self.weight_decay),
-            evaluate=evaluate,
-            description="SWiFT step 1",
-        )
+        try:
+            return fit(
+                model,
+                optimizer,
+                loader,
+                combined_loss(pred_w, bias_w, kind=self.bias_loss, n_groups=n_groups),
+                epochs=self.unlearn_epochs,
+                grad_hook=None if on_update else masked_grad_hook(masks, self.weight_decay),
+                evaluate=evaluate,
+                description="SWiFT step 1",
+            )
+        finally:
+            if masking is not None:
+                masking.remove()
 
     def _step2(self, model: nn.Module, data: GroupedSet, balanced: np.ndarray, n_groups: int, evaluate):
         """Head step: masked head entries zeroed, extractor frozen, head trained on cached features."""

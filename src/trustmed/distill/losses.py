@@ -67,7 +67,9 @@ def distillation_terms(
 class KDLoss(nn.Module):
     """Vanilla knowledge distillation (Hinton et al., 2015): the per-sample loss averaged over the batch.
 
-    Every sample weighs the same, so groups count in proportion to their size.
+    Every sample weighs the same, so groups count in proportion to their size: method ``kd_sample``.
+    Method ``kd`` (the baseline of GroupDistil's design) is :class:`GroupDistilLoss` with ``eta = 0``,
+    where every group's mean loss counts the same.
     """
 
     def __init__(self, temperature: float = _LOSS.temperature, alpha: float = _LOSS.alpha):

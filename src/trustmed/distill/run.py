@@ -1,10 +1,11 @@
 """Group-robust distillation from config to scored model: one path for the CLI, the demo and benchmarks.
 
 GroupDistil is the group-robust distillation of Vilouras et al. (MLMI 2023, arXiv 2311.00476); the
-other methods are vanilla KD (Hinton et al., arXiv 1503.02531), Group DRO (Sagawa et al., arXiv
+other methods are KD (Hinton et al., arXiv 1503.02531; ``kd``: group-uniform, i.e. GroupDistil with
+``eta = 0``; ``kd_sample``: per-sample), Group DRO (Sagawa et al., arXiv
 1911.08731) and ERM. :class:`DistillConfig` holds every setting with its one default. The steps:
 
-1. :func:`load_teacher`: the teacher checkpoint of ``cfg.teacher`` (methods ``groupdistil``/``kd``).
+1. :func:`load_teacher`: the teacher checkpoint of ``cfg.teacher`` (``groupdistil``/``kd``/``kd_sample``).
 2. :func:`prepare_data`: the manifest (ColoredDigits is generated when it has no folder; with
    ``data.format: dataset`` any registered classification dataset, by default the teacher's, with
    groups joined from ``data.group_by`` columns), its loaders per split with integer group ids, and
@@ -55,7 +56,7 @@ __all__ = [
 
 log = logging.getLogger(__name__)
 
-_NEEDS_TEACHER = ("groupdistil", "kd")
+_NEEDS_TEACHER = ("groupdistil", "kd", "kd_sample")
 _SPLITS = ("train", "val", "test")
 _HELD_OUT = ("external", "ood")  # never used for distillation, even with data.resplit
 _CHEST_XRAY = ("chexpert", "mimic_cxr", "nih")
@@ -108,7 +109,7 @@ class DistillConfig(Config):
     """What ``trustmed distill`` runs: the method, its teacher, data, student, loss and training."""
 
     seed: int = 0
-    method: Literal["groupdistil", "kd", "groupdro", "erm"] = "groupdistil"
+    method: Literal["groupdistil", "kd", "kd_sample", "groupdro", "erm"] = "groupdistil"
     teacher: Path | None = None
     n_boot: NBoot = 1000
     data: DataConfig = DataConfig()

@@ -1,4 +1,4 @@
-"""Training students (and teachers) with ERM, Group DRO, vanilla KD or GroupDistil.
+"""Training students (and teachers) with ERM, Group DRO, KD (group-uniform or per-sample) or GroupDistil.
 
 :class:`GroupDistiller` trains a classifier through the shared loop :func:`trustmed.train.fit` and
 keeps the epoch with the best **validation worst-group accuracy** (Sagawa et al., arXiv 1911.08731,
@@ -60,8 +60,10 @@ _LOSS, _TRAIN = LossConfig(), TrainConfig()
 
 log = logging.getLogger(__name__)
 
-METHODS: tuple[str, ...] = ("groupdistil", "kd", "groupdro", "erm")
-_NEEDS_TEACHER = {"groupdistil", "kd"}
+METHODS: tuple[str, ...] = ("groupdistil", "kd", "kd_sample", "groupdro", "erm")
+"""``kd`` is GroupDistil's loss with ``eta = 0`` (every group's mean loss, groups weighted equally: the
+baseline of the method's design); ``kd_sample`` is vanilla per-sample KD (groups count by their size)."""
+_NEEDS_TEACHER = {"groupdistil", "kd", "kd_sample"}
 
 
 class GroupDataset(Dataset):
@@ -112,11 +114,17 @@ def encode_groups(
 def build_loss(
     method: str, n_groups: int, loss: LossConfig = _LOSS, *, group_counts: Sequence[int] | None = None
 ) -> nn.Module | None:
-    """The loss module of a method with the settings ``loss`` (``None`` for ERM: plain cross-entropy)."""
+    """The loss module of a method with the settings ``loss`` (``None`` for ERM: plain cross-entropy).
+
+    ``kd`` is :class:`GroupDistilLoss` with ``eta = 0``: its group weights stay uniform, so the loss is the
+    mean over groups of each group's mean distillation loss; ``kd_sample`` is :class:`KDLoss`.
+    """
     t, a, eta, adj = loss.temperature, loss.alpha, loss.eta, loss.adjustment
     if method == "groupdistil":
         return GroupDistilLoss(n_groups, t, a, eta, adj, group_counts=group_counts)
     if method == "kd":
+        return GroupDistilLoss(n_groups, t, a, eta=0.0)
+    if method == "kd_sample":
         return KDLoss(t, a)
     if method == "groupdro":
         return GroupDROLoss(n_groups, eta, adj, group_counts=group_counts)
@@ -151,7 +159,8 @@ class GroupDistiller:
 
     Parameters
     ----------
-    method : ``"groupdistil"``, ``"kd"`` (need a teacher), ``"groupdro"`` or ``"erm"``.
+    method : ``"groupdistil"``, ``"kd"`` (group-uniform KD), ``"kd_sample"`` (per-sample KD) (these three
+        need a teacher), ``"groupdro"`` or ``"erm"``.
     n_groups : number of groups (ids ``0 .. n_groups - 1`` in the batches' ``group``).
     temperature, alpha, eta, adjustment : loss hyper-parameters (see :mod:`trustmed.distill.losses`).
     group_counts : training-set count per group (for ``adjustment``).
@@ -166,7 +175,7 @@ class GroupDistiller:
     loss_ : the loss module (holds the final group weights for the robust methods).
     history_ : per-epoch rows (``train_loss``, ``val_acc_avg``, ``val_acc_wg``, ``val_acc_group:<id>``).
     group_weights_ : ``(epochs + 1, n_groups)`` array, ``q`` at the start and after every epoch
-        (uniform rows for ERM and KD, which weight samples, not groups).
+        (uniform rows for ERM, ``kd_sample`` (which weight samples, not groups) and ``kd`` (``eta = 0``)).
     best_epoch_, fit_result_ : the selected epoch and the loop's :class:`~trustmed.train.FitResult`.
     """
 
