@@ -6,11 +6,10 @@ from __future__ import annotations
 
 import json
 import math
-import os
-import socket
 import subprocess
 import sys
 import textwrap
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
@@ -25,6 +24,9 @@ from trustmed.grounding.distributed import (
     shard_bounds,
 )
 
+sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
+from tests.fixtures.torchrun import launch_env, torchrun_two  # noqa: E402
+
 # 20 SynthCXR images give 8 test pairs; the first 7 (an odd count) hold a laterality pair (rows 3
 # and 4). In batches of 2 the 4 batches are shared 2 + 2, so the shards are rows 0-3 and 4-6:
 # unequal, with the laterality pair across them.
@@ -38,41 +40,6 @@ SETS = {
     "n_cases": 2,
 }
 TIMEOUT = 240
-
-# A gloo worker can abort in C++ teardown after its Python code has finished (see
-# tests/train/test_scale_and_crash.py and docs/scale.md); the run's work is complete, so it is repeated.
-TEARDOWN_ABORT = "terminate called without an active exception"
-PORT_CLASH = ("EADDRINUSE", "DistNetworkError", "address already in use")
-
-
-def _env():
-    env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONHASHSEED="0")
-    for key in ("WORLD_SIZE", "RANK", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT", "ACCELERATE_USE_CPU"):
-        env.pop(key, None)
-    return env
-
-
-def _free_port():
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
-def _torchrun(args, attempts=3):
-    """``args`` under torchrun with 2 gloo processes on a free port; a port taken between the probe
-    and the bind, or a worker's abort in teardown, is retried; any other failure shows stderr."""
-    for attempt in range(attempts):
-        launch = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2"]
-        launch += ["--master_addr", "127.0.0.1", "--master_port", str(_free_port())]
-        proc = subprocess.run(
-            [*launch, *map(str, args)], env=_env(), capture_output=True, text=True, timeout=TIMEOUT
-        )
-        if proc.returncode == 0:
-            return proc
-        retry = TEARDOWN_ABORT in proc.stderr or any(mark in proc.stderr for mark in PORT_CLASH)
-        if not retry or attempt == attempts - 1:
-            raise AssertionError(f"torchrun failed (rc {proc.returncode}):\n{proc.stderr[-4000:]}")
-    return proc
 
 
 def _eval_args(out):
@@ -112,13 +79,13 @@ def test_two_processes_write_what_one_process_writes(tmp_path):
     one, two = tmp_path / "one", tmp_path / "two"
     single = subprocess.run(
         [sys.executable, *map(str, _eval_args(one))],
-        env=_env(),
+        env=launch_env(),
         capture_output=True,
         text=True,
         timeout=TIMEOUT,
     )
     assert single.returncode == 0, single.stderr[-4000:]
-    _torchrun(_eval_args(two))
+    torchrun_two(_eval_args(two))
 
     m1 = json.loads((one / "metrics.json").read_text())
     m2 = json.loads((two / "metrics.json").read_text())
@@ -141,7 +108,6 @@ def test_two_processes_write_what_one_process_writes(tmp_path):
 SCRIPT = textwrap.dedent(
     """
     import json, sys
-    from pathlib import Path
 
     import numpy as np
 
@@ -219,7 +185,7 @@ SCRIPT = textwrap.dedent(
 def test_ground_table_distributed_and_a_failure_on_one_process(tmp_path, assets):
     script = tmp_path / "script.py"
     script.write_text(SCRIPT)
-    _torchrun([script, tmp_path, *assets])
+    torchrun_two([script, tmp_path, *assets])
     ranks = [json.loads((tmp_path / f"rank{r}.json").read_text()) for r in (0, 1)]
     for record in ranks:
         # every process holds every map, in row order, as one process computes them
