@@ -108,6 +108,7 @@ def test_two_processes_write_what_one_process_writes(tmp_path):
 SCRIPT = textwrap.dedent(
     """
     import json, sys
+    from pathlib import Path
 
     import numpy as np
 
