@@ -4,7 +4,7 @@ PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 OUT ?= runs/demo
 
-.PHONY: install demo test test-fast lint format clean
+.PHONY: install demo test test-fast lint format results clean
 
 $(STAMP): pyproject.toml
 	test -x $(PY) || python3 -m venv $(VENV)
@@ -30,8 +30,12 @@ lint: install
 	$(VENV)/bin/ruff check .
 
 format: install
-	$(VENV)/bin/ruff format src tests benchmarks
+	$(VENV)/bin/ruff format src tests benchmarks scripts
 	$(VENV)/bin/ruff check --fix .
+
+# docs/results.md and README.md's results block, from the committed benchmarks/results/*.json.
+results: install
+	$(PY) scripts/make_results.py
 
 clean:
 	rm -rf runs .pytest_cache build src/*.egg-info

@@ -12,12 +12,13 @@ recorded, so 180 UNet calls per batch); the maps of both batch sizes are compare
 
 ``--model tiny`` (default) is the shipped SynthCXR LDM and prints the target ``grounding_batch_speedup``
 (images/s at batch 8 over batch 1; goal ≥ 3 on 2 CPU cores). ``--quick`` grounds fewer images.
-Writes ``results.json``.
+Writes ``results.json``, ``table.md`` and ``summary.json`` (what ``make results`` renders).
 """
 
 from __future__ import annotations
 
 import json
+import os
 import resource
 import subprocess
 import sys
@@ -26,7 +27,7 @@ import time
 from pathlib import Path
 
 import numpy as np
-from _lib.bench import bench_parser, target, write_results
+from _lib.bench import bench_parser, command_line, result_table, target, write_results, write_summary
 
 HERE = Path(__file__).resolve().parent
 
@@ -107,6 +108,7 @@ def main() -> None:
     from trustmed.data.synth.cxr import make_synthcxr
 
     n_images = args.images or (16 if args.quick else 32)
+    load = os.getloadavg()[0]
     rows = []
     with tempfile.TemporaryDirectory() as work:
         data = Path(work) / "synthcxr"
@@ -158,6 +160,59 @@ def main() -> None:
     write_results(args.out, results)
     (args.out / "table.md").write_text(markdown_rows(results))
     print(markdown_rows(results), end="")
+    rate = {r["batch_size"]: r["images_per_s"] for r in rows}
+    said = [
+        f"At batch {bs} the model grounds {rate[bs]:.3f} images/s, "
+        f"{rate[bs] / rate[args.batch_sizes[0]]:.2f}x the rate at batch {args.batch_sizes[0]}."
+        for bs in args.batch_sizes[1:]
+    ]
+    said.append(f"The maps of the batch sizes differ by at most {max_diff:.1e}.")
+    write_summary(
+        args.out,
+        benchmark="grounding_throughput",
+        title=f"Grounding throughput ({args.model} LDM)",
+        command=command_line(),
+        targets=results["targets"],
+        tables=[
+            result_table(
+                f"{n_images} SynthCXR pairs, {args.num_steps} DDIM steps (the paper's step settings)",
+                [
+                    "model",
+                    "device",
+                    "precision",
+                    "batch",
+                    "images/s",
+                    "s/image",
+                    "peak RSS (MiB)",
+                    "peak GPU (MiB)",
+                ],
+                [
+                    [
+                        args.model,
+                        r["gpu"] or f"{r['device']}, {r['threads']} threads",
+                        args.precision,
+                        r["batch_size"],
+                        r["images_per_s"],
+                        r["s_per_image"],
+                        r["peak_rss_mib"],
+                        r["peak_gpu_mib"],
+                    ]
+                    for r in rows
+                ],
+            )
+        ],
+        conclusions=said,
+        settings={
+            "model": args.model,
+            "images": n_images,
+            "batch_sizes": args.batch_sizes,
+            "num_steps": args.num_steps,
+            "device": args.device,
+            "precision": args.precision,
+            "seed": args.seed,
+            "load_average_at_start": load,
+        },
+    )
 
 
 def markdown_rows(results: dict) -> str:

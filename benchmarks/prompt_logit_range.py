@@ -13,7 +13,8 @@ pairs at t = T/2 and every cross-attention layer and head, this prints:
         zero runs/bench_prompt/prompt_tuned runs/bench_prompt/prompt_tuned_lora
 
 Without ``--root`` a SynthCXR folder is generated under ``--out`` (the prompt-tuning benchmark's
-in-distribution data); without prompts only ``zero`` is measured. Writes ``results.json``.
+in-distribution data); without prompts only ``zero`` is measured. Writes ``results.json`` and
+``summary.json`` (what ``make results`` renders); no targets.
 """
 
 from __future__ import annotations
@@ -21,7 +22,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import torch
-from _lib.bench import bench_parser, write_results
+from _lib.bench import bench_parser, command_line, result_table, write_results, write_summary
 
 from trustmed.data.mscxr import load_mscxr
 from trustmed.data.synth.cxr import make_synthcxr
@@ -104,6 +105,32 @@ def main() -> None:
             f"| {r['log_attention_span']:.2f} |"
         )
     write_results(args.out, results)
+    measured = results["prompts"]
+    said = [
+        f"{prompt}: the end token's attention logits vary over image positions with a standard deviation "
+        f"of {r['logit_std']:.2f}, {r['logit_std'] / r['logit_std_bound']:.0%} of the largest any text "
+        f"vector of its length ({r['end_token_norm']:.2f}) could give."
+        for prompt, r in measured.items()
+    ]
+    write_summary(
+        args.out,
+        benchmark="prompt_logit_range",
+        title="Prompt tuning: how far the end token's attention varies over the image",
+        command=command_line(),
+        targets=[],
+        tables=[
+            result_table(
+                f"{len(table)} SynthCXR test pairs at t = T/2, every cross-attention layer and head",
+                ["prompt", "end-token length", "logit std", "bound", "log-attention span"],
+                [
+                    [p, r["end_token_norm"], r["logit_std"], r["logit_std_bound"], r["log_attention_span"]]
+                    for p, r in measured.items()
+                ],
+            )
+        ],
+        conclusions=said,
+        settings={"pairs": len(table), "prompts": list(measured), "seed": args.seed},
+    )
 
 
 if __name__ == "__main__":

@@ -4,7 +4,8 @@ Runs the test suite's matrix (planted pickles, damaged checkpoint/resume/model f
 that reads them, fuzzed predictions CSVs, bad ``--out`` for every command, corrupt images, bad
 options, crash and resume) and tallies each case's outcome: "exit 0, complete --out", "exit 2, one
 line, no --out", or FAILED (a traceback, another exit code, a message that does not name the file,
-or output left behind). ``docs/reliability.md`` shows the table this prints.
+or output left behind). ``docs/reliability.md`` shows the table this prints. Writes ``results.json`` and
+``summary.json`` (what ``make results`` renders).
 
     python benchmarks/reliability_matrix.py --out runs/bench/reliability [--quick] [--seed 0]
 
@@ -22,7 +23,7 @@ import sys
 import tempfile
 from pathlib import Path
 
-from _lib.bench import bench_parser, target, write_results
+from _lib.bench import bench_parser, command_line, result_table, target, write_results, write_summary
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -67,6 +68,22 @@ def main() -> None:
     results = {"examples_fuzzed": examples, "seed": args.seed, "pytest_exit_code": code, "cases": outcomes}
     results["targets"] = [target("reliability_cases_clean", share, "=", 1, note=f"{total} cases")]
     write_results(args.out, results)
+    rows = [[c, sum(table[c].values()), *(table[c][k] for k in columns)] for c in sorted(table)]
+    rows.append(["all", total, *(sum(t[k] for t in table.values()) for k in columns)])
+    failed = total - clean
+    write_summary(
+        args.out,
+        benchmark="reliability_matrix",
+        title="Reliability matrix: bad input, damaged files, crashes",
+        command=command_line(),
+        targets=results["targets"],
+        tables=[result_table("Cases by category and outcome", ["category", "cases", *columns], rows)],
+        conclusions=[
+            f"{total} cases in {len(table)} categories, {examples} of them fuzzed predictions CSVs "
+            f"(seed {args.seed}); {failed} FAILED; pytest exit code {code}.",
+        ],
+        settings={"examples_fuzzed": examples, "seed": args.seed},
+    )
 
 
 if __name__ == "__main__":

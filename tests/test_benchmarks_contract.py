@@ -68,3 +68,82 @@ def test_pretrained_start_runs_end_to_end_in_a_tiny_configuration(tmp_path):
     seed = results["per_seed"][0]
     assert seed["auc_gain"] == seed["pretrained"]["test"]["auc"] - seed["scratch"]["test"]["auc"]
     assert (tmp_path / "seed0" / "pretrained" / "model.safetensors").is_file()
+
+
+def _bench_module(name):
+    sys.path.insert(0, str(BENCHMARKS))
+    try:
+        return importlib.import_module(name)
+    finally:
+        sys.path.remove(str(BENCHMARKS))
+
+
+def test_paired_statistics_match_a_hand_computed_t_interval():
+    paired = _bench_module("_lib.paired")
+    assert doctest.testmod(paired).failed == 0
+    row = paired.paired([0.30, 0.10, 0.20, 0.25], [0.20, 0.30, 0.25, 0.26], better="lower", tie=0.005)
+    diff = [0.10, -0.20, -0.05, -0.01]
+    mean = sum(diff) / 4
+    sd = (sum((d - mean) ** 2 for d in diff) / 3) ** 0.5
+    half = 3.182446305284263 * sd / 2  # t(0.975, 3) * sd / sqrt(4)
+    assert row["mean"] == pytest.approx(mean)
+    assert (row["ci_low"], row["ci_high"]) == pytest.approx((mean - half, mean + half))
+    assert (row["wins"], row["ties"], row["losses"]) == (3, 0, 1)
+    assert (row["worst_seed"], row["worst"]) == (0, pytest.approx(0.10))
+    higher = paired.paired([0.8, 0.9], [0.7, 0.9], better="higher", seeds=[5, 7])
+    assert (higher["wins"], higher["ties"], higher["losses"], higher["worst_seed"]) == (1, 1, 0, 7)
+    with pytest.raises(ValueError, match="equal, non-empty"):
+        paired.paired([0.1], [0.1, 0.2], better="lower")
+
+
+def _debias_table(erm_gaps, swift_gaps, finetune_gaps):
+    import pandas as pd
+
+    rows = []
+    for seed, (erm, swift, ft) in enumerate(zip(erm_gaps, swift_gaps, finetune_gaps, strict=True)):
+        for fraction, n_ext in ((0.02, 40), (0.1, 200)):
+            for method, gap, auc, wall in (
+                ("erm", erm, 0.88, 0.0),
+                ("swift", swift, 0.87, 10.0),
+                ("finetune", ft, 0.88, 12.0),
+                ("retrain_fair", 0.2, 0.86, 100.0),
+                ("group_thresholds", 0.01, 0.7, 1.0),
+            ):
+                for threshold in ("0.5", "tuned"):
+                    rows.append(
+                        {
+                            "method": method,
+                            "attribute": "skin_tone",
+                            "fraction": fraction,
+                            "n_external": n_ext,
+                            "split": "test",
+                            "threshold": threshold,
+                            "seed": seed,
+                            "eodds_mean_gap": gap,
+                            "auc": auc,
+                            "wall_time_s": wall,
+                            "search_wall_time_s": 4 * wall,
+                            "needs_attribute_at_prediction": method == "group_thresholds",
+                        }
+                    )
+    return pd.DataFrame(rows)
+
+
+def test_debias_targets_are_paired_over_seeds():
+    bench = _bench_module("debias_synthskin")
+    sizes = {"fractions": (0.02, 0.1)}
+    table = _debias_table([0.3, 0.3, 0.2], [0.1, 0.05, 0.25], [0.12, 0.2, 0.1])
+    tgt = bench.targets(table, sizes, [0, 1, 2])
+    assert tgt["swift_gap_falls_every_seed"] == pytest.approx(2 / 3)  # seed 2: 0.20 -> 0.25
+    assert tgt["swift_eodds_reduction"] == pytest.approx(2 / 3)  # median of 2/3, 5/6, -1/4
+    assert tgt["swift_auc_drop"] == pytest.approx(0.01)
+    best = tgt["best_baseline_small"]
+    assert best["method"] == "finetune"  # group_thresholds needs the attribute; retrain_fair's gap is higher
+    assert best["gap"]["diff"] == pytest.approx([-0.02, -0.15, 0.15])
+    assert tgt["swift_gap_vs_best_baseline_small"] == pytest.approx(-0.02 / 3)
+    assert tgt["swift_cost_ratio"] == pytest.approx(0.1) and tgt["swift_cost_ratio_single"] == pytest.approx(
+        0.1
+    )
+    said = bench.conclusions(table, tgt, bench.paired_rows(table, [0, 1, 2]), [0, 1, 2])
+    assert "cut the skin-tone gap on 2 of 3 seeds" in said[1]
+    assert "worst seed 2: 0.200 → 0.250" in said[1]

@@ -8,19 +8,26 @@
 
 A target line reads ``TARGET <name>: <value> (goal <op> <goal>) PASS|MISS``; a missed target is
 printed with its number, like a met one.
+
+A benchmark also writes ``summary.json`` (:func:`write_summary`): its targets, its result tables and
+its computed conclusions, small enough to commit as ``benchmarks/results/<benchmark>.json``, from
+which ``make results`` builds ``docs/results.md``.
 """
 
 from __future__ import annotations
 
 import argparse
+import datetime
 import math
 import operator
+import sys
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
 from trustmed.io import write_json
 
-__all__ = ["bench_parser", "target", "write_results"]
+__all__ = ["bench_parser", "command_line", "result_table", "target", "write_results", "write_summary"]
 
 _OPS = {">=": operator.ge, "<=": operator.le, ">": operator.gt, "<": operator.lt, "=": operator.eq}
 
@@ -58,3 +65,71 @@ def write_results(out: Path, results: dict[str, Any]) -> Path:
     """``out/results.json`` (NaN and infinities become ``null``)."""
     out.mkdir(parents=True, exist_ok=True)
     return write_json(out / "results.json", results)
+
+
+def result_table(title: str, columns: Sequence[str], rows: Sequence[Sequence[Any]]) -> dict[str, Any]:
+    """One table for :func:`write_summary`; cells are strings (already formatted) or numbers.
+
+    >>> result_table("t", ["a", "b"], [["x", 0.5]])["rows"]
+    [['x', 0.5]]
+    """
+    columns = [str(c) for c in columns]
+    rows = [list(r) for r in rows]
+    for row in rows:
+        if len(row) != len(columns):
+            raise ValueError(
+                f"result_table {title!r}: row {row} has {len(row)} cells, expected {len(columns)}"
+            )
+    return {"title": title, "columns": columns, "rows": rows}
+
+
+def write_summary(
+    out: Path,
+    *,
+    benchmark: str,
+    title: str,
+    command: str,
+    targets: Sequence[dict[str, Any]],
+    tables: Sequence[dict[str, Any]] = (),
+    conclusions: Sequence[str] = (),
+    settings: dict[str, Any] | None = None,
+) -> Path:
+    """``out/summary.json``: what ``docs/results.md`` shows of this run (copy it to
+    ``benchmarks/results/<benchmark>.json`` to publish it; ``make results`` renders it).
+
+    ``command`` is the command line that produced the run; ``conclusions`` are sentences computed
+    from the run's numbers (never typed by hand).
+    """
+    import torch
+
+    summary = {
+        "benchmark": benchmark,
+        "title": title,
+        "command": command,
+        "date": datetime.date.today().isoformat(),
+        "machine": f"{_cpu_count()} CPU cores, torch {torch.__version__}, "
+        + _threads(torch.get_num_threads()),
+        "settings": settings or {},
+        "targets": list(targets),
+        "tables": list(tables),
+        "conclusions": list(conclusions),
+    }
+    out.mkdir(parents=True, exist_ok=True)
+    return write_json(out / "summary.json", summary)
+
+
+def command_line() -> str:
+    """The command that started this process, as a user would type it."""
+    script = Path(sys.argv[0]).resolve()
+    shown = f"benchmarks/{script.name}" if script.parent.name == "benchmarks" else str(sys.argv[0])
+    return " ".join(["python", shown, *sys.argv[1:]])
+
+
+def _cpu_count() -> int:
+    import os
+
+    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+
+
+def _threads(n: int) -> str:
+    return f"{n} thread" if n == 1 else f"{n} threads"

@@ -102,7 +102,7 @@ class SynthSkinConfig(Config):
     train_dark_malignant_ratio: float = Field(0.15, ge=0, le=1)
     dark_contrast: float = Field(0.6, gt=0, le=1)
     cue_strength: float = Field(1.0, ge=0)
-    severity_overlap: float = Field(0.25, ge=0, le=1)
+    severity_overlap: float = Field(0.15, ge=0, le=1)
     noise: float = Field(0.025, ge=0)
     ood_color_cast: list[float] = [1.08, 0.96, 0.80]
     ood_blur_sigma: float = Field(0.8, ge=0)
