@@ -56,7 +56,15 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from _lib.bench import bench_parser, command_line, result_table, target, write_results, write_summary
+from _lib.bench import (
+    bench_parser,
+    command_line,
+    markdown,
+    result_table,
+    target,
+    write_results,
+    write_summary,
+)
 from _lib.paired import paired, paired_markdown
 
 from trustmed.io import read_json
@@ -374,14 +382,7 @@ def main() -> None:
     )
     md = ["# Demo robustness", ""]
     for t in tables[:-1]:  # the paired table is rendered by paired_markdown below
-        md += [
-            f"**{t['title']}**",
-            "",
-            "| " + " | ".join(t["columns"]) + " |",
-            "|" + " --- |" * len(t["columns"]),
-        ]
-        md += ["| " + " | ".join(str(c) for c in row) + " |" for row in t["rows"]]
-        md.append("")
+        md += [f"**{t['title']}**", "", markdown(t["columns"], t["rows"])]
     md += [f"**{tables[-1]['title']}**", "", paired_markdown(paired_rows), ""]
     md += [f"* {c}" for c in conclusions]
     (args.out / "table.md").write_text("\n".join(md) + "\n")

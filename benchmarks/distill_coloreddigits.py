@@ -46,7 +46,15 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from _lib.bench import bench_parser, command_line, result_table, target, write_results, write_summary
+from _lib.bench import (
+    bench_parser,
+    command_line,
+    markdown,
+    result_table,
+    target,
+    write_results,
+    write_summary,
+)
 from _lib.distill import MethodRun, prepare_digits, train_method
 from _lib.paired import paired, paired_markdown
 
@@ -266,12 +274,6 @@ def mean_columns(seeds: list[int]) -> list[str]:
         "test acc_wg (mean ± std)",
         f"acc_wg per seed ({' / '.join(map(str, seeds))})",
     ]
-
-
-def markdown(columns: list[str], rows: list[list[str]]) -> str:
-    lines = ["| " + " | ".join(columns) + " |", "| " + " | ".join("---" for _ in columns) + " |"]
-    lines += ["| " + " | ".join(str(c) for c in row) + " |" for row in rows]
-    return "\n".join(lines) + "\n"
 
 
 def paired_cells(row: dict) -> list[str]:

@@ -27,7 +27,15 @@ from typing import Any
 
 from trustmed.io import write_json
 
-__all__ = ["bench_parser", "command_line", "result_table", "target", "write_results", "write_summary"]
+__all__ = [
+    "bench_parser",
+    "command_line",
+    "markdown",
+    "result_table",
+    "target",
+    "write_results",
+    "write_summary",
+]
 
 _OPS = {">=": operator.ge, "<=": operator.le, ">": operator.gt, "<": operator.lt, "=": operator.eq}
 
@@ -81,6 +89,19 @@ def result_table(title: str, columns: Sequence[str], rows: Sequence[Sequence[Any
                 f"result_table {title!r}: row {row} has {len(row)} cells, expected {len(columns)}"
             )
     return {"title": title, "columns": columns, "rows": rows}
+
+
+def markdown(columns: Sequence[Any], rows: Sequence[Sequence[Any]]) -> str:
+    """A GitHub markdown table (every benchmark's ``table.md`` writes its tables with this).
+
+    >>> print(markdown(["a", "b"], [["x", 1]]), end="")
+    | a | b |
+    | --- | --- |
+    | x | 1 |
+    """
+    lines = ["| " + " | ".join(map(str, columns)) + " |", "|" + " --- |" * len(columns)]
+    lines += ["| " + " | ".join(map(str, row)) + " |" for row in rows]
+    return "\n".join(lines) + "\n"
 
 
 def write_summary(

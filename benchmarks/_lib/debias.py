@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import pandas as pd
 
+from _lib.bench import markdown
+
 __all__ = ["COLUMNS", "headline_table", "markdown_table", "summary_table"]
 
 COLUMNS = (
@@ -61,6 +63,4 @@ def headline_table(table: pd.DataFrame) -> pd.DataFrame:
 
 def markdown_table(df: pd.DataFrame) -> str:
     """A DataFrame as a GitHub markdown table."""
-    lines = ["| " + " | ".join(map(str, df.columns)) + " |", "|" + "---|" * len(df.columns)]
-    lines += ["| " + " | ".join(map(str, row)) + " |" for row in df.itertuples(index=False)]
-    return "\n".join(lines) + "\n"
+    return markdown(list(df.columns), list(df.itertuples(index=False)))
