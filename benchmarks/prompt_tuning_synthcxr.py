@@ -21,7 +21,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from _lib.bench import bench_parser, target, write_results
+from _lib.bench import bench_parser, command_line, result_table, target, write_results, write_summary
 from _lib.contrastive import ContrastiveConfig, ContrastiveGrounder, train_contrastive
 from _lib.grounding import INPUT_RECIPE, ci_cell, lateral_rows, prior_maps, with_truth
 
@@ -167,18 +167,27 @@ def main(argv: list[str] | None = None) -> int:
             score_table(id_test, maps), metrics=METRICS, n_boot=args.n_boot, seed=args.seed
         )
 
-    print("| split | method | mIoU | AUC-ROC | CNR | pointing game | laterality acc. | flip shift |")
-    print("| --- | --- | --- | --- | --- | --- | --- | --- |")
+    columns = ["split", "method", "mIoU", "AUC-ROC", "CNR", "pointing game", "laterality acc.", "flip shift"]
+    rows = []
+    print("| " + " | ".join(columns) + " |")
+    print("|" + " --- |" * len(columns))
     for split, label in (("in_distribution", "ID"), ("out_of_distribution", "OOD")):
         for name, entry in results[split].items():
             lat = entry.get("laterality_accuracy")
             flip = entry.get("caption_flip_shift")
-            print(
-                f"| {label} | {name} | {ci_cell(entry, 'miou')} | {ci_cell(entry, 'auroc')} | "
-                f"{ci_cell(entry, 'cnr')} | "
-                f"{entry['overall']['pointing_game']['value']:.3f} | "
-                f"{'—' if lat is None else f'{lat:.2f}'} | {'—' if flip is None else f'{flip:.3f}'} |"
+            rows.append(
+                [
+                    label,
+                    name,
+                    ci_cell(entry, "miou"),
+                    ci_cell(entry, "auroc"),
+                    ci_cell(entry, "cnr"),
+                    f"{entry['overall']['pointing_game']['value']:.3f}",
+                    "—" if lat is None else f"{lat:.2f}",
+                    "—" if flip is None else f"{flip:.3f}",
+                ]
             )
+            print("| " + " | ".join(rows[-1]) + " |")
     for name, t in training.items():
         print(f"training {name}: {t['cpu_minutes']:.1f} CPU-minutes")
     print(f"tuning sentences: {counts}")
@@ -207,7 +216,41 @@ def main(argv: list[str] | None = None) -> int:
         target("prompt_tuning_laterality", float("nan") if laterality is None else laterality, ">=", 0.8),
     ]
     write_results(args.out, results)
+    zero_id = results["in_distribution"]["zero_shot"]
+    conclusions = [
+        f"{name}: mIoU {gain('in_distribution', name):+.0%} in distribution and "
+        f"{gain('out_of_distribution', name):+.0%} out of distribution against zero-shot; "
+        f"laterality {_lat(results['in_distribution'][name])} (zero-shot {_lat(zero_id)})."
+        for name in ("prompt_tuned", "prompt_tuned_input", "prompt_tuned_lora", "contrastive")
+    ]
+    write_summary(
+        args.out,
+        benchmark="prompt_tuning_synthcxr",
+        title="Anatomy-grounded prompt tuning on SynthCXR (test split and out of distribution)",
+        command=command_line(),
+        targets=results["targets"],
+        tables=[
+            result_table(
+                f"{len(id_test)} ID test pairs, {len(ood)} OOD pairs, {steps} inversion steps, "
+                "95 % bootstrap CIs over pairs",
+                columns,
+                rows,
+            ),
+            result_table(
+                "Training cost",
+                ["recipe", "CPU-minutes"],
+                [[name, f"{t['cpu_minutes']:.1f}"] for name, t in training.items()],
+            ),
+        ],
+        conclusions=conclusions,
+        settings={"steps": steps, "epochs": epochs, "tuning_pairs": len(train), "seed": args.seed},
+    )
     return 0
+
+
+def _lat(entry: dict) -> str:
+    value = entry.get("laterality_accuracy")
+    return "—" if value is None else f"{value:.2f}"
 
 
 if __name__ == "__main__":

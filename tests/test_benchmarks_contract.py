@@ -147,3 +147,34 @@ def test_debias_targets_are_paired_over_seeds():
     said = bench.conclusions(table, tgt, bench.paired_rows(table, [0, 1, 2]), [0, 1, 2])
     assert "cut the skin-tone gap on 2 of 3 seeds" in said[1]
     assert "worst seed 2: 0.200 → 0.250" in said[1]
+
+
+def test_the_tiny_ldm_recipe_rule_takes_the_best_validation_auroc_and_the_cheaper_on_a_tie():
+    recipe = _bench_module("tiny_ldm_recipe")
+    assert doctest.testmod(recipe).failed == 0
+    # listed cheapest first: a clear winner wins wherever it is listed
+    assert recipe.choose({"a": {"auroc": 0.81}, "b": {"auroc": 0.87}, "c": {"auroc": 0.85}}) == "b"
+    # within the tie margin, the cheaper (first) recipe ships; just outside it, the better one
+    assert recipe.choose({"a": {"auroc": 0.866}, "b": {"auroc": 0.870}}) == "a"
+    assert recipe.choose({"a": {"auroc": 0.860}, "b": {"auroc": 0.870}}) == "b"
+
+
+def test_the_prompt_defaults_rule_needs_zero_shot_auroc_and_laterality_then_takes_the_best_miou():
+    defaults = _bench_module("prompt_defaults")
+    assert doctest.testmod(defaults).failed == 0
+    zero = {"miou": 0.08, "auroc": 0.87, "laterality_accuracy": 0.70}
+    entries = {
+        "sharp but blind to the side": {"miou": 0.30, "auroc": 0.90, "laterality_accuracy": 0.60},
+        "sharp but ranks worse": {"miou": 0.25, "auroc": 0.85, "laterality_accuracy": 0.90},
+        "qualifies": {"miou": 0.16, "auroc": 0.91, "laterality_accuracy": 0.78},
+        "qualifies, blunter": {"miou": 0.12, "auroc": 0.95, "laterality_accuracy": 0.90},
+    }
+    assert defaults.choose(entries, zero) == ("qualifies", True)
+    # none qualifies: the best mIoU, flagged
+    assert defaults.choose({k: entries[k] for k in list(entries)[:2]}, zero) == (
+        "sharp but blind to the side",
+        False,
+    )
+    # the library's default is recognised whatever the class's own defaults are
+    assert defaults.is_library_default(defaults.LoraPromptTuningConfig, {"token_noise": 0.0})
+    assert not defaults.is_library_default(defaults.LoraPromptTuningConfig, {"token_noise": 0.5})

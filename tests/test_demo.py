@@ -72,6 +72,12 @@ def test_grounding_section_shows_prompt_tuning_reading_the_location(tmp_path):
     # the kl context vectors sharpen the ranking and read the side; LoRA (soft-IoU loss) lifts mIoU
     assert ctx.auroc > zero.auroc + 0.03 and ctx.laterality > zero.laterality
     assert lora.miou > 1.3 * zero.miou and lora.laterality > zero.laterality
+    # the section opens with its computed conclusion and saves it with the numbers it reads
+    assert section.body.startswith('<p class="note"><b>Result:</b> Zero-shot LDM attention')
+    saved = json.loads((tmp_path / "demo_results.json").read_text())
+    assert saved["methods"]["zero-shot LDM attention"]["miou"]["value"] == pytest.approx(zero.miou)
+    assert saved["prompt_tuning_verdict"] in ("helped", "higher, CIs overlap", "not helped")
+    assert saved["conclusion"].startswith("Zero-shot LDM attention") and "<b>" not in saved["conclusion"]
 
 
 def test_debias_section_marks_flagged_results(tmp_path, monkeypatch):

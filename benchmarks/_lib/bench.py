@@ -20,6 +20,7 @@ import argparse
 import datetime
 import math
 import operator
+import shlex
 import sys
 from collections.abc import Sequence
 from pathlib import Path
@@ -143,7 +144,7 @@ def command_line() -> str:
     """The command that started this process, as a user would type it."""
     script = Path(sys.argv[0]).resolve()
     shown = f"benchmarks/{script.name}" if script.parent.name == "benchmarks" else str(sys.argv[0])
-    return " ".join(["python", shown, *sys.argv[1:]])
+    return shlex.join(["python", shown, *sys.argv[1:]])
 
 
 def _cpu_count() -> int:

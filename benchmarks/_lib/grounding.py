@@ -12,7 +12,15 @@ import pandas as pd
 
 from trustmed.data.mscxr import boxes_to_mask
 
-__all__ = ["INPUT_RECIPE", "box_masks", "with_truth", "prior_maps", "lateral_rows", "ci_cell"]
+__all__ = [
+    "INPUT_RECIPE",
+    "box_masks",
+    "with_truth",
+    "prior_maps",
+    "lateral_rows",
+    "ci_cell",
+    "other_image_texts",
+]
 
 #: the earlier prompt-tuning default, kept as a benchmark row: input and deep context vectors without
 #: output offsets, the ``kl`` loss, 12 epochs (better laterality, much lower mIoU than the default)
@@ -59,4 +67,14 @@ def lateral_rows(table: pd.DataFrame, limit: int) -> list[int]:
 def ci_cell(entry: dict, metric: str) -> str:
     """``value [low, high]`` of a summary's overall metric (``value`` alone without a CI)."""
     e = entry["overall"][metric]
+    if e["value"] is None or np.isnan(e["value"]):
+        return "—"  # undefined, e.g. the CNR of a constant map
     return f"{e['value']:.3f} [{e['ci'][0]:.3f}, {e['ci'][1]:.3f}]" if "ci" in e else f"{e['value']:.3f}"
+
+
+def other_image_texts(table: pd.DataFrame, seed: int) -> list[str]:
+    """Each pair's sentence replaced by the sentence of a pair from another image (the text control:
+    how much of a map comes from the sentence rather than from the image alone)."""
+    rng = np.random.default_rng(seed)
+    images, texts = table.image_id.to_numpy(), table.text.to_numpy()
+    return [str(rng.choice(texts[images != image])) for image in images]

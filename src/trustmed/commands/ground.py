@@ -140,7 +140,7 @@ def tune_cmd(
         typer.Option(
             "--lora/--no-lora",
             help="Also train LoRA on attn2 k/v, starting from its recipe (soft-IoU loss, 4 input vectors, "
-            "lr 0.01, token noise 0.5, 12 epochs); the config file and --set still change any key.",
+            "lr 0.01, no token noise, 12 epochs); the config file and --set still change any key.",
         ),
     ] = None,
 ):
