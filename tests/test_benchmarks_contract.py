@@ -6,6 +6,7 @@ from __future__ import annotations
 import ast
 import doctest
 import importlib
+import json
 import sys
 from pathlib import Path
 
@@ -41,6 +42,22 @@ def test_the_shared_helper_works():
     args = bench.bench_parser("A benchmark.\n\nMore.", "runs/bench/x").parse_args(["--quick", "--seed", "3"])
     assert (args.quick, args.seed, str(args.out)) == (True, 3, "runs/bench/x")
     assert bench.target("x", float("nan"), ">=", 1)["passed"] is False  # an undefined value is a miss
+
+
+def test_write_summary_writes_the_json_and_its_markdown_table(tmp_path):
+    bench = _bench_module("_lib.bench")
+    table = bench.result_table("per seed", ["seed", "gap"], [[0, "0.120"], [1, "0.090"]])
+    hit = bench.target("gap_cut", 0.4, ">=", 0.5)
+    bench.write_summary(
+        tmp_path, benchmark="b", title="B", command="python b.py", targets=[hit], tables=[table],
+        conclusions=["The gap fell on 2 of 2 seeds."],
+    )  # fmt: skip
+    summary = json.loads((tmp_path / "summary.json").read_text())
+    text = (tmp_path / "summary.md").read_text()
+    assert summary["tables"][0]["rows"] == [[0, "0.120"], [1, "0.090"]]
+    assert "| seed | gap |" in text and "| 1 | 0.090 |" in text
+    assert "| `gap_cut` | 0.4 | >= 0.5 | MISS |" in text
+    assert text.rstrip().endswith("- The gap fell on 2 of 2 seeds.")
 
 
 @pytest.mark.slow

@@ -11,7 +11,8 @@ printed with its number, like a met one.
 
 A benchmark also writes ``summary.json`` (:func:`write_summary`): its targets, its result tables and
 its computed conclusions, small enough to commit as ``benchmarks/results/<benchmark>.json``, from
-which ``make results`` builds ``docs/results.md``.
+which ``make results`` builds ``docs/results.md``; beside it, ``summary.md`` holds the same as
+markdown tables.
 """
 
 from __future__ import annotations
@@ -26,13 +27,14 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from trustmed.io import write_json
+from trustmed.io import atomic_write_text, write_json
 
 __all__ = [
     "bench_parser",
     "command_line",
     "markdown",
     "result_table",
+    "summary_markdown",
     "target",
     "write_results",
     "write_summary",
@@ -137,7 +139,46 @@ def write_summary(
         "conclusions": list(conclusions),
     }
     out.mkdir(parents=True, exist_ok=True)
+    atomic_write_text(out / "summary.md", summary_markdown(summary))
     return write_json(out / "summary.json", summary)
+
+
+def summary_markdown(summary: dict[str, Any]) -> str:
+    """The run's ``summary.md``: its targets, tables and conclusions as markdown (what
+    :func:`write_summary` writes beside ``summary.json``; ``docs/results.md`` is built from the JSON).
+
+    >>> print(summary_markdown({"title": "T", "command": "python b.py", "targets": [], "conclusions": ["c."],
+    ...     "tables": [result_table("x", ["a"], [[1]])]}), end="")
+    # T
+    <BLANKLINE>
+    `python b.py`
+    <BLANKLINE>
+    **x**
+    <BLANKLINE>
+    | a |
+    | --- |
+    | 1 |
+    <BLANKLINE>
+    - c.
+    """
+    parts = [f"# {summary['title']}\n", f"`{summary['command']}`\n"]
+    if summary["targets"]:
+        rows = [
+            [
+                f"`{t['name']}`",
+                f"{t['value']:.4g}",
+                f"{t['op']} {t['goal']:g}",
+                "PASS" if t["passed"] else "MISS",
+            ]
+            for t in summary["targets"]
+        ]
+        parts.append(markdown(["target", "value", "goal", "result"], rows))
+    for table in summary["tables"]:
+        parts.append(f"**{table['title']}**\n")
+        parts.append(markdown(table["columns"], table["rows"]))
+    if summary["conclusions"]:
+        parts.append("".join(f"- {c}\n" for c in summary["conclusions"]))
+    return "\n".join(parts)
 
 
 def command_line() -> str:
