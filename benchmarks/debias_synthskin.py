@@ -33,14 +33,16 @@ Targets (skin tone; test split; threshold 0.5; ERM as the start):
 * ``swift_eodds_reduction_tuned``: the same at the validation-tuned threshold (>= 0.25);
 * ``swift_auc_drop``: mean paired ERM AUC minus SWiFT AUC, largest set (<= 0.02);
 * ``swift_gap_vs_best_baseline_small``: mean paired gap difference, SWiFT minus the best baseline
-  that does not need the attribute at prediction time (lowest mean test gap; ablations and SWiFT
-  variants excluded), smallest external set (<= 0);
+  that does not need the attribute at prediction time (lowest mean *validation* gap of its chosen
+  setting; ablations and SWiFT variants excluded), smallest external set (<= 0);
 * ``swift_cost_ratio``: SWiFT's wall time / ``retrain_fair``'s, each with its hyper-parameter
   search (every setting of its grid fitted and scored on validation) (<= 0.15); the ratio of the
   chosen settings' single runs is printed beside it (``swift_cost_ratio_single``).
 
-Writes ``results.json`` (everything), ``summary.json`` (what ``make results`` renders), ``table.md``,
-``summary.md``, ``headline.md``, ``paired.md`` and per-seed comparison folders.
+Writes ``results.json`` (everything), ``summary.json`` and ``summary.md`` (what ``make results``
+renders), ``table.md``, ``columns.md`` (every column, mean ± std), ``headline.md``, ``paired.md`` and
+per-seed comparison folders. ``--reuse`` rebuilds every table and the summary from the per-seed
+comparison folders already in ``--out`` instead of running them again.
 
 Usage::
 
@@ -206,6 +208,9 @@ def run_seed(out: Path, seed: int, quick: bool) -> dict[str, Any]:
             written = write_comparison(comparison, out / key)
             n_ext = comparison.settings["sizes"]["external"]
             search_s = {name: res.search_wall_time_s for name, res in comparison.results.items()}
+            val_gap = {
+                name: chosen_val_gap(res.search, res.params) for name, res in comparison.results.items()
+            }
             tables.append(
                 written.table.assign(
                     attribute=attribute,
@@ -213,6 +218,7 @@ def run_seed(out: Path, seed: int, quick: bool) -> dict[str, Any]:
                     n_external=n_ext,
                     seed=seed,
                     search_wall_time_s=written.table["method"].map(search_s),
+                    val_gap=written.table["method"].map(val_gap),
                 )
             )
             wall = time.perf_counter() - t0
@@ -222,6 +228,31 @@ def run_seed(out: Path, seed: int, quick: bool) -> dict[str, Any]:
     table.to_csv(out / "comparison.csv", index=False)
     write_json(out / "results.json", results)
     return {"table": table, "results": results}
+
+
+def chosen_val_gap(search: list[dict[str, Any]], params: dict[str, Any]) -> float:
+    """The validation equalised-odds gap of the chosen setting (its row of the validation search).
+
+    >>> chosen_val_gap([{"params": {"lr": 1}, GAP: 0.3}, {"params": {"lr": 2}, GAP: 0.1}], {"lr": 2})
+    0.1
+    """
+    row = next((r for r in search if r["params"] == params), None)
+    return float("nan") if row is None else float(row[GAP])
+
+
+def reuse_seed(out: Path) -> dict[str, Any]:
+    """One seed's table from a finished run's folder (``comparison.csv``), with the chosen settings'
+    validation gaps read from each ``<attribute>@<fraction>/comparison.json``."""
+    table = pd.read_csv(out / "comparison.csv", dtype={"threshold": str})
+    val = {}
+    for key in dict.fromkeys(
+        f"{a}@{f:g}" for a, f in zip(table["attribute"], table["fraction"], strict=True)
+    ):
+        methods = read_json(out / key / "comparison.json", what="comparison.json")["methods"]
+        val[key] = {name: chosen_val_gap(m["search"], m["params"]) for name, m in methods.items()}
+    keys = [f"{a}@{f:g}" for a, f in zip(table["attribute"], table["fraction"], strict=True)]
+    table["val_gap"] = [val[k][m] for k, m in zip(keys, table["method"], strict=True)]
+    return {"table": table, "results": read_json(out / "results.json", what="results.json")}
 
 
 def _values(
@@ -319,8 +350,10 @@ def targets(table: pd.DataFrame, sizes: dict[str, Any], seeds: list[int]) -> dic
     rows = table[(table["attribute"] == st) & (table["fraction"] == small) & (table["split"] == "test")]
     rows = rows[rows["threshold"] == "0.5"]
     candidates = attribute_free_baselines(rows)
+    # chosen on validation: the lowest mean validation gap of each baseline's chosen setting
+    val_means = {m: float(rows.loc[rows["method"] == m, "val_gap"].mean()) for m in candidates}
     means = {m: float(rows.loc[rows["method"] == m, GAP].mean()) for m in candidates}
-    best = min(means, key=means.get)
+    best = min(val_means, key=val_means.get)
     gap = paired(
         _values(table, "swift", st, small, GAP, seeds),
         _values(table, best, st, small, GAP, seeds),
@@ -335,7 +368,13 @@ def targets(table: pd.DataFrame, sizes: dict[str, Any], seeds: list[int]) -> dic
         tie=TIE,
         seeds=seeds,
     )
-    out["best_baseline_small"] = {"method": best, "mean_gaps": means, "gap": gap, "auc": auc_best}
+    out["best_baseline_small"] = {
+        "method": best,
+        "mean_val_gaps": val_means,
+        "mean_gaps": means,
+        "gap": gap,
+        "auc": auc_best,
+    }
     out["swift_gap_vs_best_baseline_small"] = gap["mean"]
     # each side's whole search (its grid fitted and scored on validation), and the chosen runs alone
     for name, column in (
@@ -381,8 +420,9 @@ def conclusions(
     verdict = "lower" if g["ci_high"] < 0 else "higher" if g["ci_low"] > 0 else "not different (CI spans 0)"
     out.append(
         f"At {n_small} external images the strongest attribute-free baseline is {best['method']} "
-        f"(lowest mean gap); SWiFT's gap minus its gap is {g['mean']:+.3f} [{g['ci_low']:+.3f}, "
-        f"{g['ci_high']:+.3f}] — {verdict}; SWiFT wins/ties/loses on {g['wins']}/{g['ties']}/{g['losses']} "
+        f"(lowest mean validation gap); SWiFT's test gap minus its test gap is {g['mean']:+.3f} "
+        f"[{g['ci_low']:+.3f}, {g['ci_high']:+.3f}] — {verdict}; SWiFT wins/ties/loses on "
+        f"{g['wins']}/{g['ties']}/{g['losses']} "
         f"seeds (worst seed {g['worst_seed']}: {g['worst']:+.3f}); AUC difference {a['mean']:+.3f} "
         f"[{a['ci_low']:+.3f}, {a['ci_high']:+.3f}]."
     )
@@ -441,6 +481,9 @@ def main(argv: list[str] | None = None) -> int:
         "--seeds", type=int, nargs="*", help="explicit seeds (default: 5 from --seed, 3 with --quick)"
     )
     parser.add_argument("--jobs", type=int, default=1, help="seeds run in parallel processes")
+    parser.add_argument(
+        "--reuse", action="store_true", help="rebuild the tables from the seed folders already in --out"
+    )
     args = parser.parse_args(argv)
     _quiet_logs()
     sizes = QUICK if args.quick else FULL
@@ -448,7 +491,9 @@ def main(argv: list[str] | None = None) -> int:
     threads = max(1, (os.cpu_count() or 1) // max(1, args.jobs))
     jobs = [(args.out / f"seed{s}", s, args.quick, threads) for s in seeds]
     t0 = time.perf_counter()
-    if args.jobs > 1 and len(seeds) > 1:
+    if args.reuse:
+        per_seed = [reuse_seed(job[0]) for job in jobs]
+    elif args.jobs > 1 and len(seeds) > 1:
         from concurrent.futures import ProcessPoolExecutor
 
         with ProcessPoolExecutor(max_workers=args.jobs) as pool:
@@ -459,7 +504,7 @@ def main(argv: list[str] | None = None) -> int:
     table.to_csv(args.out / "comparison_all_seeds.csv", index=False)
     summary = summary_table(table)
     headline = headline_table(table)
-    (args.out / "summary.md").write_text(markdown_table(summary))
+    (args.out / "columns.md").write_text(markdown_table(summary))
     (args.out / "headline.md").write_text(markdown_table(headline))
     pairs = paired_rows(table, seeds)
     (args.out / "paired.md").write_text(paired_markdown(pairs))
