@@ -244,13 +244,11 @@ def reuse_seed(out: Path) -> dict[str, Any]:
     """One seed's table from a finished run's folder (``comparison.csv``), with the chosen settings'
     validation gaps read from each ``<attribute>@<fraction>/comparison.json``."""
     table = pd.read_csv(out / "comparison.csv", dtype={"threshold": str})
+    keys = [f"{a}@{f:g}" for a, f in zip(table["attribute"], table["fraction"], strict=True)]
     val = {}
-    for key in dict.fromkeys(
-        f"{a}@{f:g}" for a, f in zip(table["attribute"], table["fraction"], strict=True)
-    ):
+    for key in dict.fromkeys(keys):
         methods = read_json(out / key / "comparison.json", what="comparison.json")["methods"]
         val[key] = {name: chosen_val_gap(m["search"], m["params"]) for name, m in methods.items()}
-    keys = [f"{a}@{f:g}" for a, f in zip(table["attribute"], table["fraction"], strict=True)]
     table["val_gap"] = [val[k][m] for k, m in zip(keys, table["method"], strict=True)]
     return {"table": table, "results": read_json(out / "results.json", what="results.json")}
 

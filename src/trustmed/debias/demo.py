@@ -14,7 +14,6 @@ import re
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import pandas as pd
 
 from trustmed.debias.registry import get_method, method_names
@@ -23,6 +22,7 @@ from trustmed.debias.selection import ERM
 from trustmed.debias.tables import FLAG_MARK
 from trustmed.io import write_json
 from trustmed.report import Section, figure_to_html, table_to_html
+from trustmed.report.verdicts import ci_verdict
 
 __all__ = [
     "NOT_IN_DEMO",
@@ -119,15 +119,10 @@ def swift_verdict(numbers: dict[str, dict[str, Any]]) -> str:
     erm, swift = numbers[ERM], numbers["swift"]
     if swift["flag"]:
         return "not (flagged)"
-    if not swift["gap"] < erm["gap"]:
-        return "not cut"
-    return "cut, CIs overlap" if _overlap(erm["gap_ci"], swift["gap_ci"]) else "cut"
-
-
-def _overlap(a: list[float], b: list[float]) -> bool | None:
-    if not np.isfinite([*a, *b]).all():
-        return None
-    return not (a[0] > b[1] or b[0] > a[1])
+    level = ci_verdict(swift["gap"], swift["gap_ci"], erm["gap"], erm["gap_ci"], better="lower")
+    return {"not better": "not cut", "better, CIs overlap": "cut, CIs overlap", "better, CIs apart": "cut"}[
+        level
+    ]
 
 
 def conclusion(numbers: dict[str, dict[str, Any]]) -> str:

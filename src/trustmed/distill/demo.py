@@ -26,6 +26,7 @@ from trustmed.distill.run import DistillConfig, DistillResult, prepare_data, tra
 from trustmed.distill.trainer import plot_group_weights
 from trustmed.io import write_json
 from trustmed.report import Section, figure_to_html, table_to_html
+from trustmed.report.verdicts import ci_verdict
 
 __all__ = [
     "DEMO_EPOCHS",
@@ -128,10 +129,12 @@ def verdict_level(g: float, g_ci: list[float], k: float, k_ci: list[float]) -> s
     >>> verdict_level(0.70, [0.6, 0.8], 0.72, [0.62, 0.82])
     'not helped'
     """
-    overlap = not (g_ci[0] > k_ci[1] or k_ci[0] > g_ci[1]) if np.isfinite([*g_ci, *k_ci]).all() else None
-    if not g > k:
-        return "not helped"
-    return "higher, CIs overlap" if overlap else "helped"
+    level = ci_verdict(g, g_ci, k, k_ci)
+    return {
+        "not better": "not helped",
+        "better, CIs overlap": "higher, CIs overlap",
+        "better, CIs apart": "helped",
+    }[level]
 
 
 def verdict(g: float, g_ci: list[float], k: float, k_ci: list[float]) -> str:

@@ -20,6 +20,7 @@ import numpy as np
 import pandas as pd
 
 from trustmed.report import Section, figure_to_html, table_to_html
+from trustmed.report.verdicts import ci_verdict
 
 __all__ = [
     "DEFAULT_TUNED",
@@ -75,11 +76,12 @@ def compare(a: dict[str, Any], b: dict[str, Any]) -> str:
     >>> compare({"value": 0.1, "ci": [0.05, 0.15]}, {"value": 0.1, "ci": [0.05, 0.15]})
     'not higher'
     """
-    if not a["value"] > b["value"]:  # NaN is not higher either
-        return "not higher"
-    (a_lo, _), (_, b_hi) = a["ci"], b["ci"]
-    apart = np.isfinite([a_lo, b_hi]).all() and a_lo > b_hi
-    return "higher, CIs apart" if apart else "higher, CIs overlap"
+    level = ci_verdict(a["value"], a["ci"], b["value"], b["ci"])
+    return {
+        "not better": "not higher",
+        "better, CIs overlap": "higher, CIs overlap",
+        "better, CIs apart": "higher, CIs apart",
+    }[level]
 
 
 _HELPED = {
